@@ -1,0 +1,126 @@
+"""The ``slotlab`` command line: argument parsing only; the work is done by the library modules.
+
+    slotlab train --experiment NAME --workdir DIR [--set key=value ...] [--resume]
+    slotlab eval  --workdir DIR [--data SPEC] [--num-iters T] [--num-slots K] [--json FILE]
+    slotlab data generate NAME --out DIR --num N --seed S
+    slotlab viz   --workdir DIR --out FILE.png
+    slotlab demo  [--workdir DIR]
+    slotlab experiments
+"""
+
+from __future__ import annotations
+
+import os
+
+# OpenMP threads that spin at barriers collapse when another process holds a core; passive waiting avoids it.
+# Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slotlab", description="Slot Attention toolkit: train, evaluate, visualise.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an experiment preset")
+    t.add_argument("--experiment", required=True, help="preset name (see `slotlab experiments`)")
+    t.add_argument("--workdir", required=True, type=Path, help="run directory (created)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.lr=1e-3 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="evaluate a trained run: FG-ARI, ARI, mBO, MSE")
+    e.add_argument("--workdir", required=True, type=Path)
+    e.add_argument("--data", default="test", help="'test' or 'val' (the run's built-in splits), or cache:DIR")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    e.add_argument("--num-iters", type=int, default=None, help="Slot Attention iterations at test time")
+    e.add_argument("--num-slots", type=int, default=None, help="number of slots at test time")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N scenes")
+    e.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+
+    d = sub.add_parser("data", help="built-in datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    g = dsub.add_parser("generate", help="generate a built-in dataset into a cache directory")
+    g.add_argument("name", help="tetrominoes or multi_dsprites")
+    g.add_argument("--out", required=True, type=Path)
+    g.add_argument("--num", required=True, type=int)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--start", type=int, default=0)
+
+    v = sub.add_parser("viz", help="draw inputs, reconstructions, per-slot masks and attention")
+    v.add_argument("--workdir", required=True, type=Path)
+    v.add_argument("--out", required=True, type=Path)
+    v.add_argument("--num-scenes", type=int, default=6)
+    v.add_argument("--checkpoint", default="best", choices=["best", "last"])
+
+    m = sub.add_parser("demo", help="the quick start: train the CPU preset on built-in Tetrominoes, report")
+    m.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    m.add_argument("--experiment", default="tetrominoes_cpu")
+    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    m.add_argument("--resume", action="store_true")
+
+    sub.add_parser("experiments", help="list the presets")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return _dispatch(args)
+    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"slotlab {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # e.g. NonFiniteLossError
+        print(f"slotlab {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args) -> int:
+    from slotlab import runs
+
+    if args.command == "experiments":
+        from slotlab.experiments import EXPERIMENTS
+
+        for name, fn in EXPERIMENTS.items():
+            print(f"{name:20s} {fn().description}")
+        return 0
+    if args.command == "train":
+        result = runs.train_run(args.experiment, args.workdir, args.overrides, args.resume, not args.no_progress)
+        print(json.dumps(result, indent=2))
+        return 0
+    if args.command == "eval":
+        result = runs.eval_run(args.workdir, args.data, args.checkpoint, args.num_slots, args.num_iters,
+                               args.batch_size, args.limit)
+        from slotlab.evaluate import format_metrics
+
+        print(format_metrics(result))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    if args.command == "data":
+        path = runs.generate_data(args.name, args.out, args.num, args.seed, args.start)
+        print(f"wrote {args.num} {args.name} scenes to {path}")
+        return 0
+    if args.command == "viz":
+        runs.viz_run(args.workdir, args.out, args.num_scenes, args.checkpoint)
+        print(f"wrote {args.out}")
+        return 0
+    if args.command == "demo":
+        report = runs.demo(args.workdir, args.experiment, args.overrides, args.resume)
+        print(f"demo done: open {report}")
+        return 0
+    raise ValueError(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Read GZIP TFRecord files of ``tf.train.Example`` without TensorFlow.
+
+A TFRecord file is a sequence of records, each framed as::
+
+    uint64 length | uint32 masked_crc32c(length) | bytes data[length] | uint32 masked_crc32c(data)
+
+(all little-endian). DeepMind's multi_object_datasets compress the *whole* file with GZIP. Each record is a
+serialized ``tf.train.Example`` protobuf, which we decode with a ~50-line wire-format parser: an Example is a map
+from feature name to one of ``bytes_list`` (field 1), ``float_list`` (field 2) or ``int64_list`` (field 3).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+_CRC_TABLE: list[int] = []
+
+
+def _crc32c_table() -> list[int]:
+    if not _CRC_TABLE:
+        for i in range(256):
+            crc = i
+            for _ in range(8):
+                crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+            _CRC_TABLE.append(crc)
+    return _CRC_TABLE
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), the checksum TFRecord uses."""
+    table = _crc32c_table()
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class TFRecordError(ValueError):
+    """A TFRecord file is truncated, corrupt or not what was expected."""
+
+
+def _open(path: Path, compression: str | None):
+    if compression == "gzip":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def iter_records(path: str | Path, compression: str | None = "gzip", check_crc: bool = True) -> Iterator[bytes]:
+    """Yield the raw bytes of every record in ``path``; raise TFRecordError naming the record on damage."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TFRecord file not found: {path}")
+    with _open(path, compression) as f:
+        index = 0
+        while True:
+            try:
+                header = f.read(12)
+            except (OSError, EOFError) as err:
+                raise TFRecordError(f"{path}: cannot decompress at record {index}: {err}") from err
+            if not header:
+                return
+            if len(header) < 12:
+                raise TFRecordError(f"{path}: truncated header at record {index}")
+            (length,) = struct.unpack("<Q", header[:8])
+            (length_crc,) = struct.unpack("<I", header[8:])
+            if check_crc and masked_crc32c(header[:8]) != length_crc:
+                raise TFRecordError(f"{path}: length CRC mismatch at record {index} (corrupt or not a TFRecord)")
+            try:
+                data = f.read(length)
+                footer = f.read(4)
+            except (OSError, EOFError) as err:
+                raise TFRecordError(f"{path}: cannot decompress at record {index}: {err}") from err
+            if len(data) < length or len(footer) < 4:
+                raise TFRecordError(f"{path}: truncated data at record {index}")
+            if check_crc and masked_crc32c(data) != struct.unpack("<I", footer)[0]:
+                raise TFRecordError(f"{path}: data CRC mismatch at record {index}")
+            yield data
+            index += 1
+
+
+def frame_record(data: bytes) -> bytes:
+    """Frame ``data`` as one TFRecord record (used by tests to write files in the official format)."""
+    header = struct.pack("<Q", len(data))
+    return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Minimal protobuf wire format for tf.train.Example
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes | int]]:
+    """Yield (field_number, wire_type, value) of one protobuf message."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value = buf[pos : pos + size]
+            pos += size
+        elif wire == 5:
+            value = buf[pos : pos + 4]
+            pos += 4
+        elif wire == 1:
+            value = buf[pos : pos + 8]
+            pos += 8
+        else:
+            raise TFRecordError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def _bytes_list(buf: bytes) -> list[bytes] | np.ndarray:
+    # Fast path for the multi_object_datasets layout: one 1-byte string per element, i.e. b"\n\x01X" repeated.
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    if len(arr) % 3 == 0 and len(arr) and (arr[0::3] == 0x0A).all() and (arr[1::3] == 1).all():
+        return arr[2::3].copy()
+    return [v for n, _, v in _fields(buf) if n == 1]
+
+
+def _float_list(buf: bytes) -> np.ndarray:
+    out: list[np.ndarray] = []
+    for n, wire, v in _fields(buf):
+        if n == 1:
+            out.append(np.frombuffer(v, dtype="<f4"))
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _int64_list(buf: bytes) -> np.ndarray:
+    values: list[int] = []
+    for n, wire, v in _fields(buf):
+        if n != 1:
+            continue
+        if wire == 2:  # packed
+            pos = 0
+            while pos < len(v):
+                x, pos = _varint(v, pos)
+                values.append(x - (1 << 64) if x >= 1 << 63 else x)
+        else:
+            values.append(v - (1 << 64) if v >= 1 << 63 else v)
+    return np.asarray(values, dtype=np.int64)
+
+
+def parse_example(record: bytes) -> dict[str, list[bytes] | np.ndarray]:
+    """Decode a serialized tf.train.Example into {name: uint8 array | list of bytes | float32 | int64 array}."""
+    out: dict[str, list[bytes] | np.ndarray] = {}
+    for n, _, features in _fields(record):
+        if n != 1:
+            continue
+        for m, _, entry in _fields(features):
+            if m != 1:
+                continue
+            key, feature = "", b""
+            for k, _, v in _fields(entry):
+                if k == 1:
+                    key = v.decode()
+                elif k == 2:
+                    feature = v
+            for kind, _, payload in _fields(feature):
+                if kind == 1:
+                    out[key] = _bytes_list(payload)
+                elif kind == 2:
+                    out[key] = _float_list(payload)
+                elif kind == 3:
+                    out[key] = _int64_list(payload)
+    return out

@@ -1,0 +1,110 @@
+"""Named experiment presets: the paper's configurations and small CPU presets. Each is a plain function.
+
+Paper presets follow SPEC.md sections 2 and 4 (official code for CLEVR; the appendix-as-reimplemented for
+Multi-dSprites and Tetrominoes, whose exact slot size is unverified). CPU presets are slotlab's own designs,
+documented in README.md with the curves that justify them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+from slotlab.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+
+PAPER_TRAIN = dict(batch_size=64, steps=500_000, lr=4e-4, warmup_steps=10_000, decay_rate=0.5, decay_steps=100_000)
+
+
+def clevr6() -> ExperimentConfig:
+    """The official CLEVR6 object-discovery model: 128x128, K=7, 64-channel encoder, 8x8 upsampling decoder."""
+    return ExperimentConfig(
+        name="clevr6",
+        description="Paper: CLEVR6 object discovery (128x128, K=7, T=3, batch 64, 500K steps).",
+        model=ModelConfig(resolution=128, num_slots=7, decoder="upsample", decoder_channels=64),
+        data=DataConfig(name="clevr_with_masks", train_size=70_000),
+        train=TrainConfig(**PAPER_TRAIN),
+    )
+
+
+def multi_dsprites() -> ExperimentConfig:
+    """Paper: Multi-dSprites (colored_on_grayscale), 64x64, K=6, 32-channel CNNs, full-resolution decoder."""
+    return ExperimentConfig(
+        name="multi_dsprites",
+        description="Paper: Multi-dSprites object discovery (64x64, K=6, 32-channel CNNs, full-res decoder).",
+        model=ModelConfig(resolution=64, num_slots=6, encoder_channels=32, encoder_mlp_dim=32, decoder="broadcast",
+                          decoder_channels=32, decoder_layers=3),
+        data=DataConfig(name="multi_dsprites", train_size=60_000),
+        train=TrainConfig(**PAPER_TRAIN),
+    )
+
+
+def tetrominoes() -> ExperimentConfig:
+    """Paper: Tetrominoes, 35x35, K=4, 32-channel CNNs, full-resolution decoder (slot size 64; 32 is possible)."""
+    return ExperimentConfig(
+        name="tetrominoes",
+        description="Paper: Tetrominoes object discovery (35x35, K=4, 32-channel CNNs, full-res decoder).",
+        model=ModelConfig(resolution=35, num_slots=4, encoder_channels=32, encoder_mlp_dim=32, decoder="broadcast",
+                          decoder_channels=32, decoder_layers=3),
+        data=DataConfig(name="tetrominoes", train_size=60_000),
+        train=TrainConfig(**PAPER_TRAIN),
+    )
+
+
+def tetrominoes_cpu() -> ExperimentConfig:
+    """The demo: Tetrominoes-like scenes learned on 2 CPU cores in ~10 minutes (see README for the curves)."""
+    cfg = tetrominoes()
+    cfg.name = "tetrominoes_cpu"
+    cfg.description = "CPU preset: Tetrominoes in ~10 minutes on 2 cores (slotlab design, see README)."
+    cfg.model.slot_dim = 32
+    cfg.model.mlp_hidden_dim = 64
+    cfg.model.decoder = "broadcast"
+    cfg.model.decoder_channels = 32
+    cfg.model.decoder_layers = 2
+    cfg.data.train_size = 20_000
+    cfg.train = TrainConfig(batch_size=16, steps=20_000, max_minutes=10.0, lr=1e-3, warmup_steps=500,
+                            decay_rate=0.5, decay_steps=10_000, eval_every=500, checkpoint_every=500)
+    return cfg
+
+
+def multi_dsprites_cpu() -> ExperimentConfig:
+    """Multi-dSprites-like scenes on a laptop CPU (smaller budget version of the paper model)."""
+    cfg = multi_dsprites()
+    cfg.name = "multi_dsprites_cpu"
+    cfg.description = "CPU preset: Multi-dSprites-like scenes on 2 cores (slotlab design)."
+    cfg.model.slot_dim = 32
+    cfg.model.mlp_hidden_dim = 64
+    cfg.model.decoder_layers = 2
+    cfg.data.train_size = 20_000
+    cfg.train = TrainConfig(batch_size=16, steps=20_000, max_minutes=30.0, lr=1e-3, warmup_steps=500,
+                            decay_rate=0.5, decay_steps=10_000, eval_every=500, checkpoint_every=500)
+    return cfg
+
+
+def tiny() -> ExperimentConfig:
+    """A seconds-long configuration for tests and smoke runs."""
+    cfg = tetrominoes_cpu()
+    cfg.name = "tiny"
+    cfg.description = "Smoke test: a few steps on a handful of scenes."
+    cfg.model.slot_dim = 16
+    cfg.model.mlp_hidden_dim = 16
+    cfg.model.encoder_channels = 8
+    cfg.model.encoder_mlp_dim = 8
+    cfg.model.decoder_channels = 8
+    cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 64, 16, 16
+    cfg.train = TrainConfig(batch_size=4, steps=4, lr=1e-3, warmup_steps=2, decay_steps=100, log_every=1,
+                            eval_every=2, checkpoint_every=2)
+    return cfg
+
+
+EXPERIMENTS: dict[str, Callable[[], ExperimentConfig]] = {
+    f.__name__: f for f in [clevr6, multi_dsprites, tetrominoes, tetrominoes_cpu, multi_dsprites_cpu, tiny]
+}
+
+
+def get_experiment(name: str) -> ExperimentConfig:
+    """The preset called ``name``; unknown names raise KeyError with the nearest match."""
+    if name not in EXPERIMENTS:
+        close = difflib.get_close_matches(name, EXPERIMENTS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown experiment {name!r}{hint} (available: {', '.join(EXPERIMENTS)})")
+    return EXPERIMENTS[name]()

@@ -1,0 +1,79 @@
+"""Models built on Slot Attention: composition only, returning dicts of named tensors.
+
+- :class:`SlotAttentionAutoEncoder` — unsupervised object discovery (paper section 3 / official ``model.py``):
+  encoder -> Slot Attention -> spatial-broadcast decoder -> masks softmaxed across slots -> recomposed image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from slotlab.config import ModelConfig
+from slotlab.modules import BroadcastDecoder, Encoder, MLPDecoder, UpsampleBroadcastDecoder
+from slotlab.slot_attention import SlotAttention
+
+
+def build_decoder(cfg: ModelConfig) -> nn.Module:
+    res = (cfg.resolution, cfg.resolution)
+    if cfg.decoder == "broadcast":
+        return BroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, cfg.decoder_layers, fast_stem=cfg.fast_stem)
+    if cfg.decoder == "upsample":
+        return UpsampleBroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, (cfg.broadcast_size,) * 2)
+    if cfg.decoder == "mlp":
+        return MLPDecoder(cfg.slot_dim, res, cfg.decoder_channels, cfg.decoder_layers, cfg.decoder_freqs)
+    raise ValueError(f"unknown decoder {cfg.decoder!r}; expected one of 'broadcast', 'upsample', 'mlp'")
+
+
+class SlotAttentionAutoEncoder(nn.Module):
+    """Object-discovery autoencoder.
+
+    forward(image (B, 3, H, W) in [-1, 1]) returns:
+        ``recon`` (B, 3, H, W) recomposed image; ``recons`` (B, K, 3, H, W) per-slot RGB;
+        ``masks`` (B, K, 1, H, W) alpha masks (softmax over K); ``slots`` (B, K, D);
+        ``attn`` (B, K, N) last-iteration attention; ``attns`` (B, T, K, N) every iteration's.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder((cfg.resolution, cfg.resolution), cfg.encoder_channels, tuple(cfg.encoder_strides),
+                               kernel_size=cfg.encoder_kernel, mlp_dim=cfg.encoder_mlp_dim)
+        self.slot_attention = SlotAttention(
+            cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters, cfg.mlp_hidden_dim,
+            implicit_grad=cfg.implicit_grad,
+        )
+        self.slot_attention.check_finite = False  # the image is checked here; NaN weights surface in the loss
+        self.decoder = build_decoder(cfg)
+        if cfg.mask_source not in ("decoder", "attention"):
+            raise ValueError(f"model.mask_source must be 'decoder' or 'attention', got {cfg.mask_source!r}")
+        if cfg.mask_source == "attention" and any(s != 1 for s in cfg.encoder_strides):
+            raise ValueError("model.mask_source='attention' needs a full-resolution encoder (all strides 1)")
+
+    def forward(self, image: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
+                slots: Tensor | None = None) -> dict[str, Tensor]:
+        check_image(image, self.cfg.resolution)
+        features = self.encoder(image)  # (B, N, C)
+        sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
+        out = self.decoder(sa["slots"])  # (B, K, 4, H, W)
+        recons, logits = out[:, :, :3], out[:, :, 3:]  # (B, K, 3, H, W), (B, K, 1, H, W)
+        if self.cfg.mask_source == "attention":  # the last iteration's attention is already a softmax over K
+            masks = sa["attn"].reshape(logits.shape)
+        else:
+            masks = logits.softmax(dim=1)  # alpha masks compete across slots
+        recon = (recons * masks).sum(dim=1)  # (B, 3, H, W)
+        return {"recon": recon, "recons": recons, "masks": masks, "slots": sa["slots"], "attn": sa["attn"],
+                "attns": sa["attns"]}
+
+
+def check_image(image: Tensor, resolution: int) -> None:
+    """Raise a clear error unless ``image`` is a finite float (B, 3, resolution, resolution) batch."""
+    if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3:
+        got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"image must be (B, 3, H, W) RGB, got {got}")
+    if tuple(image.shape[-2:]) != (resolution, resolution):
+        raise ValueError(f"image must be {resolution}x{resolution} for this model, got {tuple(image.shape[-2:])}")
+    if not image.is_floating_point():
+        raise TypeError(f"image must be float in [-1, 1], got {image.dtype} (convert uint8 with x / 127.5 - 1)")
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains NaN or Inf")

@@ -1,0 +1,259 @@
+"""Building blocks of the Slot Attention models: position embedding, CNN encoder, spatial-broadcast decoders.
+
+Layouts are NCHW (PyTorch); the official code is NHWC, so shapes here are permuted accordingly.
+Glossary: B batch, K slots, D slot_dim, C channels, H, W image size, N = H * W.
+Initialisation follows Keras (glorot-uniform kernels, zero biases) so the paper presets start as the paper did.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def keras_init_(module: nn.Module) -> nn.Module:
+    """Glorot-uniform weights and zero biases for every Linear/Conv in ``module`` (Keras defaults)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+def build_grid(height: int, width: int, device=None) -> Tensor:
+    """The official 4-channel grid [y, x, 1 - y, 1 - x] with linspace(0, 1) per axis: (1, 4, H, W)."""
+    ys = torch.linspace(0.0, 1.0, height, device=device)
+    xs = torch.linspace(0.0, 1.0, width, device=device)
+    y, x = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
+    grid = torch.stack([y, x], dim=0)  # (2, H, W)
+    return torch.cat([grid, 1.0 - grid], dim=0).unsqueeze(0)  # (1, 4, H, W)
+
+
+class SoftPositionEmbed(nn.Module):
+    """Adds a learned linear map of the fixed coordinate grid to a feature map (official ``SoftPositionEmbed``)."""
+
+    def __init__(self, channels: int, resolution: tuple[int, int]) -> None:
+        super().__init__()
+        self.proj = keras_init_(nn.Linear(4, channels))
+        self.register_buffer("grid", build_grid(*resolution), persistent=False)
+
+    def embedding(self) -> Tensor:
+        """The additive embedding alone, (1, C, H, W)."""
+        return torch.einsum("bihw,ci->bchw", self.grid, self.proj.weight) + self.proj.bias[None, :, None, None]
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        return x + self.embedding()
+
+
+class Encoder(nn.Module):
+    """CNN (5x5 convs, ReLU) + soft position embedding + flatten + LayerNorm + MLP: image -> (B, N, C) set.
+
+    ``strides`` gives one stride per conv (all 1 for object discovery; 1, 2, 2, 1 for set prediction).
+    Strided convs use TF "SAME" padding (1 before, 2 after for 5x5 stride 2) so that official weights load exactly.
+    """
+
+    def __init__(self, resolution: tuple[int, int], channels: int = 64, strides=(1, 1, 1, 1),
+                 kernel_size: int = 5, mlp_dim: int | None = None, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in, h, w = in_channels, *resolution
+        for s in strides:
+            layers += [SamePadConv(c_in, channels, kernel_size, s), nn.ReLU()]
+            c_in, h, w = channels, -(-h // s), -(-w // s)
+        self.cnn = nn.Sequential(*layers)
+        self.feature_resolution = (h, w)
+        self.pos = SoftPositionEmbed(channels, (h, w))
+        self.norm = nn.LayerNorm(channels, eps=1e-3)
+        mlp_dim = mlp_dim or channels
+        self.mlp = nn.Sequential(nn.Linear(channels, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, channels))
+        keras_init_(self)
+
+    def forward(self, image: Tensor) -> Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, N, C) features, N = H' * W'."""
+        x = self.pos(self.cnn(image))  # (B, C, H', W')
+        x = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        return self.mlp(self.norm(x))
+
+
+class SamePadConv(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (asymmetric when the stride is 2)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1) -> None:
+        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=0)
+        self.kernel = kernel_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        s, k = self.stride[0], self.kernel
+        pads = []
+        for size in (x.shape[-1], x.shape[-2]):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        if s == 1 and pads[0] == pads[1] == pads[2] == pads[3]:
+            return F.conv2d(x, self.weight, self.bias, 1, pads[0])
+        return super().forward(F.pad(x, pads))
+
+
+class BroadcastStem(nn.Module):
+    """First decoder layer: conv(slot broadcast over the grid + position embedding), computed exactly but cheaply.
+
+    The conv is linear, so conv(broadcast(s) + P) = conv(broadcast(s)) + conv(P). conv(P) is the same for every
+    slot and image (computed once per call). conv(broadcast(s)) at a pixel is (sum of the kernel taps that fall
+    inside the image) @ s: only 5 x 5 "border classes" of pixels exist for a 5x5 kernel (2 rows/cols at each edge
+    plus the interior), so we compute 25 vectors per slot and gather them. Cost: O(K * 25 * C * D) instead of
+    O(K * H * W * 25 * C * D).
+    """
+
+    def __init__(self, slot_dim: int, channels: int, resolution: tuple[int, int], kernel_size: int = 5) -> None:
+        super().__init__()
+        self.pos = SoftPositionEmbed(slot_dim, resolution)
+        self.conv = nn.Conv2d(slot_dim, channels, kernel_size, padding=kernel_size // 2)
+        keras_init_(self.conv)
+        self.resolution = resolution
+        p = kernel_size // 2
+        H, W = resolution
+        # Each pixel's valid-tap window, as (row class, col class): class i < p at the top edge, 2p - i at the
+        # bottom edge, p in the interior. The (2p+1)^2 classes index the per-slot vectors.
+        rows = torch.full((H,), p, dtype=torch.long)
+        cols = torch.full((W,), p, dtype=torch.long)
+        for i in range(min(p, H)):
+            rows[i] = i
+            rows[H - 1 - i] = 2 * p - i if H - 1 - i >= p else rows[H - 1 - i]
+        for j in range(min(p, W)):
+            cols[j] = j
+            cols[W - 1 - j] = 2 * p - j if W - 1 - j >= p else cols[W - 1 - j]
+        self.register_buffer("pixel_class", (rows[:, None] * (2 * p + 1) + cols[None, :]).flatten(), persistent=False)
+        # tap_mask[class, ky, kx] = 1 where the tap falls inside the image for that class.
+        k = kernel_size
+        masks = torch.zeros((2 * p + 1) ** 2, k, k)
+        for r in range(2 * p + 1):
+            for c in range(2 * p + 1):
+                rr = torch.ones(k)
+                cc = torch.ones(k)
+                if r < p:
+                    rr[: p - r] = 0  # near the top, taps above the image are padding
+                elif r > p:
+                    rr[k - (r - p):] = 0
+                if c < p:
+                    cc[: p - c] = 0
+                elif c > p:
+                    cc[k - (c - p):] = 0
+                masks[r * (2 * p + 1) + c] = rr[:, None] * cc[None, :]
+        self.register_buffer("tap_mask", masks, persistent=False)
+
+    def forward(self, slots: Tensor) -> Tensor:
+        """(B*K, D) slots -> (B*K, C, H, W) first-layer pre-activations."""
+        if min(self.resolution) <= 2 * (self.conv.kernel_size[0] // 2):
+            return self.plain(slots)
+        H, W = self.resolution
+        kernels = torch.einsum("odyx,nyx->nod", self.conv.weight, self.tap_mask)  # (classes, C, D)
+        per_class = torch.einsum("bd,nod->bno", slots, kernels)  # (B*K, classes, C)
+        out = per_class[:, self.pixel_class]  # (B*K, H*W, C)
+        out = out.transpose(1, 2).reshape(slots.shape[0], -1, H, W)  # (B*K, C, H, W)
+        return out + F.conv2d(self.pos.embedding(), self.conv.weight, self.conv.bias, padding=self.conv.padding)
+
+    def plain(self, slots: Tensor) -> Tensor:
+        """The literal formulation: broadcast, add the embedding, convolve. (B*K, D) -> (B*K, C, H, W)."""
+        H, W = self.resolution
+        x = slots[:, :, None, None].expand(-1, -1, H, W)
+        return self.conv(self.pos(x))
+
+
+class BroadcastDecoder(nn.Module):
+    """Spatial-broadcast decoder at full resolution (the paper's Multi-dSprites / Tetrominoes decoder).
+
+    Each slot is broadcast to an (H, W) grid, the position embedding is added, then ``num_layers`` convs of
+    ``kernel_size`` with ReLU and a final 3x3 conv to 4 channels (RGB + mask logit). The first layer is computed by
+    :class:`BroadcastStem` (exact, cheaper) unless ``fast_stem=False``.
+    """
+
+    def __init__(self, slot_dim: int, resolution: tuple[int, int], channels: int = 32, num_layers: int = 3,
+                 kernel_size: int = 5, fast_stem: bool = True) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.fast_stem = fast_stem
+        self.stem = BroadcastStem(slot_dim, channels, resolution, kernel_size)
+        layers: list[nn.Module] = [nn.ReLU()]
+        for _ in range(num_layers - 1):
+            layers += [nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+        layers.append(nn.Conv2d(channels, 4, 3, padding=1))
+        self.body = keras_init_(nn.Sequential(*layers))
+
+    def forward(self, slots: Tensor) -> Tensor:
+        """(B, K, D) -> (B, K, 4, H, W): per-slot RGB (3) and mask logit (1)."""
+        B, K, D = slots.shape
+        flat = slots.reshape(B * K, D)
+        x = self.stem(flat) if self.fast_stem else self.stem.plain(flat)  # (B*K, C, H, W)
+        x = self.body(x)  # (B*K, 4, H, W)
+        return x.reshape(B, K, 4, *self.resolution)
+
+
+class UpsampleBroadcastDecoder(nn.Module):
+    """The official CLEVR decoder: broadcast to 8x8, 4 stride-2 transposed convs (to 128x128), two stride-1.
+
+    Transposed convs reproduce TF "SAME" exactly: stride-2 5x5 uses padding 1 and drops the last row/column.
+    """
+
+    def __init__(self, slot_dim: int, resolution: tuple[int, int] = (128, 128), channels: int = 64,
+                 broadcast: tuple[int, int] = (8, 8)) -> None:
+        super().__init__()
+        self.broadcast = broadcast
+        self.pos = SoftPositionEmbed(slot_dim, broadcast)
+        h, w = broadcast
+        ups: list[nn.Module] = []
+        c_in = slot_dim
+        while (h, w) != tuple(resolution):
+            if h * 2 > resolution[0] or w * 2 > resolution[1]:
+                raise ValueError(f"UpsampleBroadcastDecoder: cannot reach {resolution} from {broadcast} by doubling")
+            ups.append(nn.ConvTranspose2d(c_in, channels, 5, stride=2, padding=1))
+            c_in, h, w = channels, h * 2, w * 2
+        self.ups = nn.ModuleList(ups)
+        self.conv5 = nn.ConvTranspose2d(c_in, channels, 5, stride=1, padding=2)
+        self.out = nn.ConvTranspose2d(channels, 4, 3, stride=1, padding=1)
+        keras_init_(self)
+        self.resolution = resolution
+
+    def forward(self, slots: Tensor) -> Tensor:
+        """(B, K, D) -> (B, K, 4, H, W)."""
+        B, K, D = slots.shape
+        x = slots.reshape(B * K, D, 1, 1).expand(-1, -1, *self.broadcast)
+        x = self.pos(x)  # (B*K, D, 8, 8)
+        for up in self.ups:
+            x = F.relu(up(x)[..., :-1, :-1])  # TF SAME: keep outputs 0 .. 2H-1
+        x = self.out(F.relu(self.conv5(x)))
+        return x.reshape(B, K, 4, *self.resolution)
+
+
+class MLPDecoder(nn.Module):
+    """Per-pixel MLP decoder: each (slot, pixel) pair -> RGB + mask logit, from the slot and the pixel position.
+
+    The first layer is W_s @ slot + W_p @ pos(pixel) + b, computed per slot and per pixel separately and broadcast-
+    added (exact). ``num_freqs`` > 0 adds Fourier features of the coordinates so the MLP can draw sharp edges.
+    """
+
+    def __init__(self, slot_dim: int, resolution: tuple[int, int], hidden: int = 64, num_layers: int = 3,
+                 num_freqs: int = 0) -> None:
+        super().__init__()
+        self.resolution = resolution
+        grid = build_grid(*resolution)[:, :2]  # (1, 2, H, W), y and x in [0, 1]
+        feats = [grid, 1.0 - grid]
+        for f in range(num_freqs):
+            feats += [torch.sin(grid * torch.pi * 2**f), torch.cos(grid * torch.pi * 2**f)]
+        pos = torch.cat(feats, dim=1).flatten(2).transpose(1, 2)[0]  # (H*W, F)
+        self.register_buffer("pos_features", pos, persistent=False)
+        self.slot_proj = nn.Linear(slot_dim, hidden)
+        self.pos_proj = nn.Linear(pos.shape[1], hidden, bias=False)
+        layers: list[nn.Module] = []
+        for _ in range(num_layers - 1):
+            layers += [nn.ReLU(), nn.Linear(hidden, hidden)]
+        layers += [nn.ReLU(), nn.Linear(hidden, 4)]
+        self.body = nn.Sequential(*layers)
+        keras_init_(self)
+
+    def forward(self, slots: Tensor) -> Tensor:
+        """(B, K, D) -> (B, K, 4, H, W)."""
+        B, K, _ = slots.shape
+        h = self.slot_proj(slots)[:, :, None, :] + self.pos_proj(self.pos_features)  # (B, K, H*W, hidden)
+        out = self.body(h)  # (B, K, H*W, 4)
+        return out.transpose(2, 3).reshape(B, K, 4, *self.resolution)

@@ -1,0 +1,114 @@
+"""What the CLI commands do, as plain functions over a run directory (usable from Python and scripts too)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from slotlab.checkpoint import load_checkpoint
+from slotlab.config import ExperimentConfig, apply_overrides
+from slotlab.data import SceneSet, build_splits, load_cache, read_meta, write_cache
+from slotlab.evaluate import evaluate, format_metrics
+from slotlab.experiments import get_experiment
+from slotlab.models import SlotAttentionAutoEncoder
+
+log = logging.getLogger(__name__)
+
+
+def train_run(experiment: str, workdir: Path, overrides: list[str], resume: bool, progress: bool = True) -> dict:
+    """``slotlab train``: a new run from a preset (+ overrides), or ``resume`` the run in ``workdir``."""
+    from slotlab.train import set_threads, train
+
+    workdir = Path(workdir)
+    if resume:
+        cfg = load_run_config(workdir)
+        if experiment and cfg.name != experiment:
+            raise ValueError(f"--resume: {workdir} holds experiment {cfg.name!r}, not {experiment!r}")
+    else:
+        cfg = get_experiment(experiment)
+    apply_overrides(cfg, overrides)
+    set_threads(cfg.train.num_threads)
+    if resume and overrides:
+        cfg.save(workdir / "config.json")
+    return train(cfg, workdir, resume=resume, progress=progress)
+
+
+def load_run_config(workdir: Path) -> ExperimentConfig:
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {workdir}")
+    return ExperimentConfig.load(workdir / "config.json")
+
+
+def load_model(workdir: Path, checkpoint: str = "best") -> tuple[SlotAttentionAutoEncoder, ExperimentConfig]:
+    """The run's model with the weights of ``checkpoints/<checkpoint>.safetensors`` (falls back to last)."""
+    cfg = load_run_config(workdir)
+    path = Path(workdir) / "checkpoints" / f"{checkpoint}.safetensors"
+    if not path.is_file():
+        path = Path(workdir) / "checkpoints" / "last.safetensors"
+    model = SlotAttentionAutoEncoder(cfg.model)
+    load_checkpoint(path, model)
+    model.eval()
+    return model, cfg
+
+
+def resolve_data(spec: str, cfg: ExperimentConfig) -> SceneSet:
+    """``test`` / ``val`` (the run's built-in splits) or ``cache:DIR`` (a generated cache directory)."""
+    if spec in ("test", "val", "train"):
+        return build_splits(cfg.data)[spec]
+    kind, sep, path = spec.partition(":")
+    if sep and kind == "cache":
+        meta = read_meta(path)
+        return SceneSet.from_arrays(load_cache(path), meta["num_objects"], name=path)
+    raise ValueError(f"--data {spec!r}: expected 'test', 'val' or 'cache:DIR'")
+
+
+def eval_run(workdir: Path, data: str = "test", checkpoint: str = "best", num_slots: int | None = None,
+             num_iters: int | None = None, batch_size: int = 64, limit: int | None = None) -> dict:
+    """``slotlab eval``: metrics of the run's model on ``data``."""
+    model, cfg = load_model(workdir, checkpoint)
+    scenes = resolve_data(data, cfg)
+    if scenes.resolution != cfg.model.resolution:
+        raise ValueError(f"--data {data}: images are {scenes.resolution}px, the model expects {cfg.model.resolution}")
+    result = evaluate(model, scenes, batch_size=batch_size, num_slots=num_slots, num_iters=num_iters,
+                      seed=cfg.train.seed, limit=limit)
+    return {**result, "data": data, "checkpoint": checkpoint}
+
+
+def generate_data(name: str, out: Path, num: int, seed: int, start: int = 0) -> Path:
+    """``slotlab data generate``: write scenes [start, start + num) of a built-in dataset to ``out``."""
+    from slotlab.data.cache import GENERATORS
+
+    if name not in GENERATORS:
+        raise ValueError(f"unknown built-in dataset {name!r}; expected one of {sorted(GENERATORS)}")
+    generator, num_objects = GENERATORS[name]
+    arrays = generator(num, seed, start)
+    return write_cache(arrays, out, name=name, seed=seed, start=start, num_objects=num_objects)
+
+
+def viz_run(workdir: Path, out: Path, num_scenes: int = 6, checkpoint: str = "best") -> Path:
+    """``slotlab viz``: the picture of a few test scenes (and the attention over iterations beside it)."""
+    from slotlab.viz import save_attention_figure, save_scene_figure
+
+    model, cfg = load_model(workdir, checkpoint)
+    scenes = build_splits(cfg.data)["test"]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_scene_figure(model, scenes, out, num_scenes, seed=cfg.train.seed)
+    save_attention_figure(model, scenes, out.with_name(out.stem + "_attention" + out.suffix), seed=cfg.train.seed)
+    return out
+
+
+def demo(workdir: Path, experiment: str = "tetrominoes_cpu", overrides: list[str] | None = None,
+         resume: bool = False) -> Path:
+    """``slotlab demo``: train the CPU preset, evaluate on held-out scenes, draw pictures, write report.html."""
+    from slotlab.report import write_report
+
+    workdir = Path(workdir)
+    train_run(experiment, workdir, overrides or [], resume)
+    result = eval_run(workdir, "test")
+    (workdir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    log.info("test (best checkpoint by validation): %s", format_metrics(result))
+    viz_run(workdir, workdir / "scenes.png")
+    return write_report(workdir)

@@ -1,0 +1,233 @@
+"""Slot Attention (Locatello et al., "Object-Centric Learning with Slot Attention", NeurIPS 2020, Algorithm 1).
+
+A set of N input vectors is mapped to K slots by T rounds of attention whose softmax runs over the *slots*, so the
+slots compete for the inputs; each round a GRU and a residual MLP refine the slots. Faithful to the official
+TensorFlow code (google-research/slot_attention/model.py), including its Keras defaults:
+
+- LayerNorm epsilon 1e-3 (Keras), not PyTorch's 1e-5;
+- q, k, v projections without bias; q scaled by slot_dim ** -0.5;
+- softmax over slots, then + eps, then normalised over the inputs (a weighted mean);
+- GRU state = the slots *before* LayerNorm; residual MLP after the GRU;
+- learned mu and log-sigma (glorot-uniform init), with fresh Gaussian noise on every call, train and test;
+- glorot-uniform kernels, zero biases, orthogonal GRU recurrent kernel.
+
+Glossary: B batch, N inputs, K slots, D slot_dim, T iterations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SlotAttention(nn.Module):
+    """The Slot Attention module.
+
+    Args:
+        num_slots: default K (can be overridden per call).
+        input_dim: feature size of the inputs.
+        slot_dim: D, size of each slot (64 in the paper).
+        num_iters: default T (3 in the paper; can be overridden per call).
+        mlp_hidden_dim: hidden size of the residual MLP (128 in the paper).
+        eps: added to the attention after the softmax, before the weighted mean (1e-8 in the paper).
+        qkv_bias: give q, k, v a bias (False in the paper; True to match lucidrains' slot-attention).
+        ln_eps: LayerNorm epsilon (1e-3 = Keras, as the paper; 1e-5 to match PyTorch-default ports).
+        implicit_grad: detach the slots before the last iteration (Chang et al., 2022). Changes gradients only.
+    """
+
+    def __init__(
+        self,
+        num_slots: int,
+        input_dim: int,
+        slot_dim: int = 64,
+        num_iters: int = 3,
+        mlp_hidden_dim: int = 128,
+        eps: float = 1e-8,
+        *,
+        qkv_bias: bool = False,
+        ln_eps: float = 1e-3,
+        implicit_grad: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in [("num_slots", num_slots), ("input_dim", input_dim), ("slot_dim", slot_dim),
+                            ("num_iters", num_iters), ("mlp_hidden_dim", mlp_hidden_dim)]:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"SlotAttention: {name} must be a positive int, got {value!r}")
+        self.num_slots = num_slots
+        self.input_dim = input_dim
+        self.slot_dim = slot_dim
+        self.num_iters = num_iters
+        self.eps = eps
+        self.implicit_grad = implicit_grad
+        self.check_finite = True  # models that validate their own inputs turn this per-call check off
+        self.scale = slot_dim**-0.5
+
+        self.norm_inputs = nn.LayerNorm(input_dim, eps=ln_eps)
+        self.norm_slots = nn.LayerNorm(slot_dim, eps=ln_eps)
+        self.norm_mlp = nn.LayerNorm(slot_dim, eps=ln_eps)
+        self.to_q = nn.Linear(slot_dim, slot_dim, bias=qkv_bias)
+        self.to_k = nn.Linear(input_dim, slot_dim, bias=qkv_bias)
+        self.to_v = nn.Linear(input_dim, slot_dim, bias=qkv_bias)
+        self.gru = nn.GRUCell(slot_dim, slot_dim)
+        self.mlp = nn.Sequential(nn.Linear(slot_dim, mlp_hidden_dim), nn.ReLU(), nn.Linear(mlp_hidden_dim, slot_dim))
+        self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_dim))
+        self.slots_log_sigma = nn.Parameter(torch.empty(1, 1, slot_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Keras-equivalent initialisation (glorot-uniform kernels, zero biases, orthogonal recurrent kernel)."""
+        for layer in [self.to_q, self.to_k, self.to_v, self.mlp[0], self.mlp[2]]:
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        # Keras GRUCell: kernel (in, 3D) glorot-uniform, recurrent kernel (D, 3D) orthogonal, biases zero.
+        nn.init.xavier_uniform_(self.gru.weight_ih)
+        nn.init.orthogonal_(self.gru.weight_hh)
+        nn.init.zeros_(self.gru.bias_ih)
+        nn.init.zeros_(self.gru.bias_hh)
+        # glorot-uniform on a (1, 1, D) variable: fan_in = 1, fan_out = D.
+        limit = math.sqrt(6.0 / (1 + self.slot_dim))
+        nn.init.uniform_(self.slots_mu, -limit, limit)
+        nn.init.uniform_(self.slots_log_sigma, -limit, limit)
+        for norm in [self.norm_inputs, self.norm_slots, self.norm_mlp]:
+            norm.reset_parameters()
+
+    def init_slots(self, batch_size: int, num_slots: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw initial slots mu + sigma * noise, (B, K, D); a fresh draw on every call."""
+        mu = self.slots_mu.expand(batch_size, num_slots, -1)
+        noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        return mu + self.slots_log_sigma.exp() * noise
+
+    def forward(
+        self,
+        inputs: Tensor,
+        *,
+        num_slots: int | None = None,
+        num_iters: int | None = None,
+        slots: Tensor | None = None,
+        input_mask: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Run T iterations of Slot Attention.
+
+        Args:
+            inputs: (B, N, input_dim) features.
+            num_slots: K for this call (default: the constructor's); ignored when ``slots`` is given.
+            num_iters: T for this call (default: the constructor's).
+            slots: explicit initial slots (B, K, D); default: a fresh draw from N(mu, sigma^2).
+            input_mask: (B, N) bool, True marks *padded* inputs that receive no attention.
+
+        Returns:
+            ``slots`` (B, K, D) final slots; ``attn`` (B, K, N) the last iteration's attention (softmax over
+            slots, before the renormalisation over inputs); ``attns`` (B, T, K, N) every iteration's attention;
+            ``init_slots`` (B, K, D) the initial slots used.
+        """
+        num_iters = self.num_iters if num_iters is None else num_iters
+        self._check(inputs, num_slots, num_iters, slots, input_mask)
+        B, N, _ = inputs.shape
+        if slots is None:
+            slots = self.init_slots(B, num_slots or self.num_slots)
+        init_slots = slots
+
+        inputs = self.norm_inputs(inputs)
+        k = self.to_k(inputs) * self.scale  # (B, N, D); scaling k equals scaling q, and is done once, not T times
+        v = self.to_v(inputs)  # (B, N, D)
+        keep = None if input_mask is None else (~input_mask).unsqueeze(1).to(inputs.dtype)  # (B, 1, N)
+
+        attns = []
+        for it in range(num_iters):
+            if self.implicit_grad and it == num_iters - 1:
+                slots = slots.detach()
+            slots, attn = self.step(slots, k, v, keep)
+            attns.append(attn)
+        return {"slots": slots, "attn": attns[-1], "attns": torch.stack(attns, dim=1), "init_slots": init_slots}
+
+    def step(self, slots: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One iteration: (B, K, D) slots, (B, N, D) scaled keys and values -> new slots, attention (B, K, N)."""
+        B, K, D = slots.shape
+        q = self.to_q(self.norm_slots(slots))  # (B, K, D)
+        logits = torch.bmm(q, k.transpose(1, 2))  # (B, K, N)
+        attn = logits.softmax(dim=1)  # softmax over slots: slots compete for every input
+        if keep is not None:
+            attn = attn * keep  # padded inputs get no attention
+        weights = attn + self.eps
+        if keep is not None:
+            weights = weights * keep
+        weights = weights / weights.sum(dim=-1, keepdim=True)  # weighted mean over the inputs
+        updates = torch.bmm(weights, v)  # (B, K, D)
+        slots = self.gru(updates.reshape(B * K, D), slots.reshape(B * K, D)).reshape(B, K, D)
+        slots = slots + self.mlp(self.norm_mlp(slots))
+        return slots, attn
+
+    def _check(self, inputs, num_slots, num_iters, slots, input_mask) -> None:
+        if not isinstance(inputs, Tensor) or inputs.dim() != 3 or inputs.shape[-1] != self.input_dim:
+            got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+            raise ValueError(f"SlotAttention: inputs must be (B, N, input_dim={self.input_dim}), got {got}")
+        if not inputs.is_floating_point():
+            raise TypeError(f"SlotAttention: inputs must be a floating-point tensor, got {inputs.dtype}")
+        if inputs.shape[1] == 0:
+            raise ValueError("SlotAttention: inputs have N = 0 elements; need at least one input")
+        if self.check_finite and not torch.isfinite(inputs).all():
+            raise ValueError("SlotAttention: inputs contain NaN or Inf")
+        if num_iters < 1:
+            raise ValueError(f"SlotAttention: num_iters must be >= 1, got {num_iters}")
+        if num_slots is not None and num_slots < 1:
+            raise ValueError(f"SlotAttention: num_slots must be >= 1, got {num_slots}")
+        if slots is not None:
+            B = inputs.shape[0]
+            if slots.dim() != 3 or slots.shape[0] != B or slots.shape[2] != self.slot_dim:
+                raise ValueError(
+                    f"SlotAttention: slots must be (B={B}, K, slot_dim={self.slot_dim}), got {tuple(slots.shape)}"
+                )
+            if num_slots is not None and num_slots != slots.shape[1]:
+                raise ValueError(f"SlotAttention: num_slots={num_slots} but slots has K={slots.shape[1]}")
+        if input_mask is not None:
+            if input_mask.dtype != torch.bool or tuple(input_mask.shape) != tuple(inputs.shape[:2]):
+                raise ValueError(
+                    f"SlotAttention: input_mask must be bool (B, N) = {tuple(inputs.shape[:2])}, "
+                    f"got {input_mask.dtype} {tuple(input_mask.shape)}"
+                )
+            if input_mask.all(dim=1).any():
+                raise ValueError("SlotAttention: input_mask masks every input of some batch element")
+
+    @classmethod
+    def from_lucidrains(cls, module: nn.Module) -> SlotAttention:
+        """Build an equivalent slotlab module, with the weights, from ``slot_attention.SlotAttention`` (PyPI).
+
+        lucidrains' module uses q/k/v with bias, PyTorch LayerNorm eps 1e-5, input_dim = slot_dim and an MLP
+        hidden size of max(dim, hidden_dim); the mathematics is otherwise the same.
+        """
+        dim = module.dim
+        hidden = module.mlp[0].out_features
+        ln_eps = module.norm_input.eps
+        new = cls(module.num_slots, dim, slot_dim=dim, num_iters=module.iters, mlp_hidden_dim=hidden,
+                  eps=module.eps, qkv_bias=True, ln_eps=ln_eps)
+        mapping = {
+            "norm_inputs": "norm_input", "norm_slots": "norm_slots", "norm_mlp": "norm_pre_ff",
+            "to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "gru": "gru", "mlp": "mlp",
+        }
+        with torch.no_grad():
+            for ours, theirs in mapping.items():
+                getattr(new, ours).load_state_dict(getattr(module, theirs).state_dict())
+            new.slots_mu.copy_(module.slots_mu)
+            new.slots_log_sigma.copy_(module.slots_logsigma)
+        return new.to(module.slots_mu.device, module.slots_mu.dtype)
+
+
+def slot_attention_reference(module: SlotAttention, inputs: Tensor, slots: Tensor, num_iters: int) -> Tensor:
+    """The plain, line-by-line Algorithm 1 (scale on q, separate softmax/eps/normalise), for parity tests."""
+    inputs = module.norm_inputs(inputs)
+    k, v = module.to_k(inputs), module.to_v(inputs)
+    for _ in range(num_iters):
+        slots_prev = slots
+        q = module.to_q(module.norm_slots(slots)) * module.scale
+        attn = F.softmax(torch.einsum("bnd,bkd->bnk", k, q), dim=-1)  # (B, N, K), softmax over slots
+        attn = attn + module.eps
+        attn = attn / attn.sum(dim=1, keepdim=True)
+        updates = torch.einsum("bnk,bnd->bkd", attn, v)
+        B, K, D = updates.shape
+        slots = module.gru(updates.reshape(-1, D), slots_prev.reshape(-1, D)).reshape(B, K, D)
+        slots = slots + module.mlp(module.norm_mlp(slots))
+    return slots

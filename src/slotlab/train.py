@@ -1,0 +1,192 @@
+"""Training loop for object discovery: reads top to bottom (build, then a loop: lr, step, log, eval, checkpoint).
+
+A run directory holds::
+
+    config.json                  the resolved ExperimentConfig
+    metrics.jsonl                one JSON object per line: {"kind": "train" | "val", "step", "train_seconds", ...}
+    tb/                          TensorBoard event files (the same scalars)
+    checkpoints/last.safetensors the latest state (weights, Adam state, step, RNG), written atomically
+    checkpoints/best.safetensors the weights with the best validation score so far (``train.select_metric``)
+
+``--resume`` continues from ``last.safetensors`` with the same data order, RNG and time budget, so a killed run
+loses at most ``checkpoint_every`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from slotlab.checkpoint import load_checkpoint, save_checkpoint
+from slotlab.config import ExperimentConfig
+from slotlab.data import SceneSet, build_splits
+from slotlab.evaluate import evaluate, format_metrics
+from slotlab.models import SlotAttentionAutoEncoder
+
+log = logging.getLogger(__name__)
+
+SELECT_METRIC = "fg_ari"  # validation score that picks best.safetensors (higher is better)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def lr_at(step: int, cfg) -> float:
+    """The paper's schedule: linear warmup from 0, times a continuous exponential decay applied from step 0."""
+    warmup = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    return cfg.lr * warmup * cfg.decay_rate ** (step / cfg.decay_steps)
+
+
+def batch_indices(step: int, seed: int, batch_size: int, num_items: int) -> torch.Tensor:
+    """Scene indices of the batch at ``step``: a function of (seed, step) only, so resuming replays the order."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(num_items, (batch_size,), generator=g)
+
+
+def set_threads(num_threads: int) -> None:
+    import os
+
+    torch.set_num_threads(num_threads if num_threads > 0 else max(1, os.cpu_count() or 1))
+
+
+def prepare_workdir(workdir: Path, cfg: ExperimentConfig, resume: bool) -> Path | None:
+    """Create the run directory; return the checkpoint to resume from (or None). Refuse to clobber a run."""
+    last = workdir / "checkpoints" / "last.safetensors"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last}; start a new run without --resume")
+        return last
+    if last.is_file():
+        raise FileExistsError(f"{workdir} already holds a run ({last}); pass --resume or choose a new --workdir")
+    try:
+        (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"cannot write to workdir {workdir}: {err}") from err
+    cfg.save(workdir / "config.json")
+    return None
+
+
+def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, progress: bool = True,
+          splits: dict[str, SceneSet] | None = None) -> dict:
+    """Train ``cfg`` in ``workdir``; return the final validation metrics (with ``step`` and ``train_seconds``)."""
+    workdir = Path(workdir)
+    tc = cfg.train
+    resume_from = prepare_workdir(workdir, cfg, resume)
+    set_threads(tc.num_threads)
+    torch.manual_seed(tc.seed)
+
+    # ---- build -------------------------------------------------------------------------------------------------
+    splits = splits or build_splits(cfg.data)
+    train_set, val_set = splits["train"], splits["val"]
+    if train_set.resolution != cfg.model.resolution:
+        raise ValueError(f"data is {train_set.resolution}px but model.resolution={cfg.model.resolution}")
+    model = SlotAttentionAutoEncoder(cfg.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0, eps=tc.adam_eps)
+    step, train_seconds, best = 0, 0.0, -math.inf
+    if resume_from is not None:
+        meta = load_checkpoint(resume_from, model, optimizer)
+        state = meta["state"]
+        step, train_seconds, best = state["step"], state["train_seconds"], state.get("best", -math.inf)
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        log.info("resumed from %s at step %d (%.1f min trained)", resume_from, step, train_seconds / 60)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(workdir / "tb"))
+    metrics_file = open(workdir / "metrics.jsonl", "a")
+
+    def record(kind: str, values: dict) -> None:
+        row = {"kind": kind, "step": step, "train_seconds": round(train_seconds, 3), **values}
+        metrics_file.write(json.dumps(row) + "\n")
+        metrics_file.flush()
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def checkpoint(name: str, with_optimizer: bool) -> None:
+        state = {"step": step, "train_seconds": train_seconds, "best": best,
+                 "torch_rng": torch.get_rng_state().tolist()}
+        save_checkpoint(workdir / "checkpoints" / f"{name}.safetensors", model,
+                        optimizer if with_optimizer else None, state, cfg.to_dict())
+
+    def validate() -> dict:
+        nonlocal best, last_eval_step
+        last_eval_step = step
+        result = evaluate(model, val_set, batch_size=max(tc.batch_size, 32), seed=tc.seed)
+        record("val", result)
+        bar.write(f"step {step:6d}  {train_seconds / 60:5.1f} min  val {format_metrics(result)}")
+        if result[SELECT_METRIC] > best:
+            best = result[SELECT_METRIC]
+            checkpoint("best", with_optimizer=False)
+        return result
+
+    # ---- loop --------------------------------------------------------------------------------------------------
+    budget = tc.max_minutes * 60 if tc.max_minutes > 0 else math.inf
+    next_eval_time = (train_seconds // (tc.eval_every_minutes * 60) + 1) * tc.eval_every_minutes * 60 \
+        if tc.eval_every_minutes > 0 else math.inf
+    bar = tqdm(total=tc.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=cfg.name)
+    model.train()
+    result: dict = {}
+    last_eval_step = -1
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        while step < tc.steps and train_seconds < budget:
+            t0 = time.perf_counter()
+            # lr
+            lr = lr_at(step, tc)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # step
+            image = train_set.batch(batch_indices(step, tc.seed, tc.batch_size, len(train_set)), False)["image"]
+            out = model(image)
+            loss = torch.nn.functional.mse_loss(out["recon"], image)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at step {step}; stopped. The last good checkpoint is kept at "
+                    f"{workdir / 'checkpoints' / 'last.safetensors'} (try a lower train.lr or train.grad_clip)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            step += 1
+            train_seconds += time.perf_counter() - t0
+            window_steps += 1
+            bar.update(1)
+            # log
+            if step % tc.log_every == 0:
+                elapsed = time.perf_counter() - window_start
+                speed = window_steps * tc.batch_size / max(elapsed, 1e-9)
+                record("train", {"loss": loss.item(), "lr": lr, "images_per_s": speed})
+                bar.set_postfix(loss=f"{loss.item():.5f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
+                window_start, window_steps = time.perf_counter(), 0
+            # eval
+            if (tc.eval_every_minutes > 0 and train_seconds >= next_eval_time) or \
+                    (tc.eval_every_minutes <= 0 and tc.eval_every > 0 and step % tc.eval_every == 0):
+                result = validate()
+                next_eval_time += tc.eval_every_minutes * 60
+                window_start, window_steps = time.perf_counter(), 0
+            # checkpoint
+            if step % tc.checkpoint_every == 0:
+                checkpoint("last", with_optimizer=True)
+        if last_eval_step != step:
+            result = validate()
+        checkpoint("last", with_optimizer=True)
+    finally:
+        bar.close()
+        writer.close()
+        metrics_file.close()
+    stopped = "time budget" if train_seconds >= budget else "step limit"
+    log.info("finished at step %d after %.1f min of training (%s)", step, train_seconds / 60, stopped)
+    return {**result, "step": step, "train_seconds": train_seconds}

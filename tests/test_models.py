@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from slotlab.experiments import EXPERIMENTS, get_experiment
+from slotlab.models import SlotAttentionAutoEncoder
+from slotlab.modules import BroadcastDecoder, BroadcastStem, SamePadConv, UpsampleBroadcastDecoder
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_every_preset_builds_and_takes_one_training_step(name):
+    cfg = get_experiment(name)
+    torch.manual_seed(0)
+    model = SlotAttentionAutoEncoder(cfg.model)
+    res, K = cfg.model.resolution, cfg.model.num_slots
+    image = torch.rand(2, 3, res, res) * 2 - 1
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=cfg.train.adam_eps)
+    out = model(image)
+    assert out["recon"].shape == (2, 3, res, res)
+    assert out["recons"].shape == (2, K, 3, res, res)
+    assert out["masks"].shape == (2, K, 1, res, res)
+    assert torch.allclose(out["masks"].sum(1), torch.ones(2, 1, res, res), atol=1e-5)
+    assert out["slots"].shape == (2, K, cfg.model.slot_dim)
+    loss = torch.nn.functional.mse_loss(out["recon"], image)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+
+
+def test_attention_masks_option():
+    cfg = get_experiment("tiny")
+    cfg.model.mask_source = "attention"
+    model = SlotAttentionAutoEncoder(cfg.model)
+    out = model(torch.rand(2, 3, 35, 35) * 2 - 1)
+    assert torch.allclose(out["masks"].flatten(2), out["attn"])
+
+
+@pytest.mark.parametrize("res", [(35, 35), (8, 13), (5, 5), (3, 4)])
+def test_broadcast_stem_is_exact(res):
+    torch.manual_seed(0)
+    stem = BroadcastStem(slot_dim=6, channels=5, resolution=res)
+    slots = torch.randn(4, 6)
+    assert (stem(slots) - stem.plain(slots)).abs().max() < 1e-5
+
+
+def test_broadcast_decoder_fast_equals_plain():
+    torch.manual_seed(0)
+    dec = BroadcastDecoder(8, (12, 12), channels=6, num_layers=2)
+    slots = torch.randn(2, 3, 8)
+    fast = dec(slots)
+    dec.fast_stem = False
+    assert (fast - dec(slots)).abs().max() < 1e-5
+
+
+def test_same_padding_matches_tf_rule():
+    # TF SAME, stride 2, k=5, even input: output ceil(H/2), padding 1 before and 2 after
+    conv = SamePadConv(1, 1, 5, stride=2)
+    x = torch.randn(1, 1, 8, 8)
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 2, 1, 2)), conv.weight, conv.bias, stride=2)
+    assert conv(x).shape == (1, 1, 4, 4) and torch.allclose(conv(x), ref)
+
+
+def test_upsample_decoder_reaches_resolution():
+    dec = UpsampleBroadcastDecoder(16, (32, 32), channels=4, broadcast=(4, 4))
+    assert dec(torch.randn(1, 2, 16)).shape == (1, 2, 4, 32, 32)
+    with pytest.raises(ValueError, match="cannot reach"):
+        UpsampleBroadcastDecoder(16, (35, 35), channels=4)
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        (torch.rand(2, 35, 35, 3), "RGB"),
+        (torch.rand(2, 3, 32, 32), "35x35"),
+        (torch.randint(0, 255, (2, 3, 35, 35), dtype=torch.uint8), "float"),
+        (torch.full((2, 3, 35, 35), float("inf")), "NaN or Inf"),
+    ],
+)
+def test_bad_images_are_named(image, match):
+    model = SlotAttentionAutoEncoder(get_experiment("tiny").model)
+    with pytest.raises((ValueError, TypeError), match=match):
+        model(image)

@@ -1,0 +1,105 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slotlab.config import apply_overrides
+from slotlab.experiments import get_experiment
+from slotlab.train import NonFiniteLossError, lr_at, train
+
+
+def tiny(*overrides):
+    return apply_overrides(get_experiment("tiny"), list(overrides))
+
+
+def test_lr_schedule_is_the_papers():
+    cfg = get_experiment("tetrominoes").train
+    assert lr_at(0, cfg) == 0.0
+    assert lr_at(5_000, cfg) == pytest.approx(4e-4 * 0.5 * 0.5 ** 0.05)  # decay applies during warmup too
+    assert lr_at(110_000, cfg) == pytest.approx(4e-4 * 0.5 ** 1.1)
+
+
+def test_resume_replays_exactly(tmp_path):
+    straight = train(tiny("train.steps=6"), tmp_path / "a", progress=False)
+    train(tiny("train.steps=3", "train.checkpoint_every=3"), tmp_path / "b", progress=False)
+    resumed = train(tiny("train.steps=6"), tmp_path / "b", resume=True, progress=False)
+    assert straight["step"] == resumed["step"] == 6
+    a = load_file(tmp_path / "a" / "checkpoints" / "last.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoints" / "last.safetensors")
+    for key in a:
+        if key.startswith("model."):
+            assert torch.equal(a[key], b[key]), key
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert {"train", "val"} <= {r["kind"] for r in rows}
+    assert (tmp_path / "a" / "tb").is_dir() and (tmp_path / "a" / "config.json").is_file()
+
+
+def test_workdir_guards(tmp_path):
+    train(tiny("train.steps=2"), tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny("train.steps=2"), tmp_path / "run", progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny(), tmp_path / "fresh", resume=True, progress=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises((PermissionError, OSError)):
+        train(tiny(), blocker / "run", progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    train(tiny("train.steps=2", "train.checkpoint_every=2"), tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "checkpoints" / "last.safetensors").read_bytes()
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        train(tiny("train.steps=6", "train.lr=1e30", "train.warmup_steps=0"), tmp_path / "run", resume=True,
+              progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "last.safetensors").read_bytes() == before
+
+
+def test_time_budget_stops_the_run(tmp_path):
+    result = train(tiny("train.steps=100000", "train.max_minutes=0.002"), tmp_path / "run", progress=False)
+    assert result["step"] < 100000 and result["train_seconds"] >= 0.12
+
+
+@pytest.mark.slow
+def test_train_kill_resume_eval_round_trip(tmp_path):
+    """A real SIGKILL mid-run: the checkpoint on disk is whole, --resume finishes, eval reads the result."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "slotlab.cli", "train", "--experiment", "tiny", "--workdir", str(tmp_path / "run"),
+           "--set", "train.steps=100000", "--set", "train.checkpoint_every=1", "--set", "train.eval_every=0",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline and not last.is_file():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.is_file(), "no checkpoint was written before the kill"
+    step_killed = json.loads(_metadata(last)["state"])["step"]
+    assert step_killed >= 1
+    resume = [sys.executable, "-m", "slotlab.cli", "train", "--experiment", "tiny", "--workdir",
+              str(tmp_path / "run"), "--resume", "--set", f"train.steps={step_killed + 3}", "--no-progress"]
+    done = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(_metadata(last)["state"])["step"] == step_killed + 3
+    out = tmp_path / "m.json"
+    ev = subprocess.run([sys.executable, "-m", "slotlab.cli", "eval", "--workdir", str(tmp_path / "run"),
+                         "--json", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    metrics = json.loads(out.read_text())
+    assert {"fg_ari", "ari", "mbo", "mse"} <= set(metrics) and 0 <= metrics["mbo"] <= 1
+
+
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
