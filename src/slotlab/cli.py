@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained run: FG-ARI, ARI, mBO, MSE")
     e.add_argument("--workdir", required=True, type=Path)
-    e.add_argument("--data", default="test", help="'test' or 'val' (the run's built-in splits), or cache:DIR")
+    e.add_argument("--data", default="test",
+                   help="test or val (the run's built-in splits), cache:DIR, or KIND:FILE (tetrominoes:FILE)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--num-iters", type=int, default=None, help="Slot Attention iterations at test time")
     e.add_argument("--num-slots", type=int, default=None, help="number of slots at test time")

@@ -34,6 +34,8 @@ class ModelConfig:
     broadcast_size: int = 8  # upsample decoder: broadcast grid side
     fast_stem: bool = True  # broadcast decoder: exact cheaper first layer
     implicit_grad: bool = False  # detach slots before the last iteration (Chang et al. 2022)
+    decoder_frame: str = "image"  # mlp decoder: "image" coordinates, or each slot's "slot" frame (translation)
+    #                               or "slot_scale" (translation and scale), from its attention (ISA)
     mask_source: str = "decoder"  # alpha masks from the decoder's 4th channel (paper) or "attention" (slotlab)
 
 
@@ -63,6 +65,7 @@ class TrainConfig:
     eval_every: int = 1000  # steps between validation FG-ARI/ARI/mBO evaluations
     eval_every_minutes: float = 0.0  # if > 0, evaluate on this wall-clock period instead of eval_every
     checkpoint_every: int = 1000
+    report_test: bool = False  # also log test-split metrics at each evaluation (for curves; never for selection)
     num_threads: int = 0  # torch threads (0 = all cores)
     num_workers: int = 0  # DataLoader workers
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from slotlab.config import ModelConfig
-from slotlab.modules import BroadcastDecoder, Encoder, MLPDecoder, UpsampleBroadcastDecoder
+from slotlab.modules import BroadcastDecoder, Encoder, MLPDecoder, UpsampleBroadcastDecoder, slot_frames
 from slotlab.slot_attention import SlotAttention
 
 
@@ -47,6 +47,10 @@ class SlotAttentionAutoEncoder(nn.Module):
         self.decoder = build_decoder(cfg)
         if cfg.mask_source not in ("decoder", "attention"):
             raise ValueError(f"model.mask_source must be 'decoder' or 'attention', got {cfg.mask_source!r}")
+        if cfg.decoder_frame not in ("image", "slot", "slot_scale"):
+            raise ValueError(f"model.decoder_frame must be 'image', 'slot' or 'slot_scale', got {cfg.decoder_frame!r}")
+        if cfg.decoder_frame != "image" and (cfg.decoder != "mlp" or any(s != 1 for s in cfg.encoder_strides)):
+            raise ValueError("model.decoder_frame='slot' needs decoder='mlp' and a full-resolution encoder")
         if cfg.mask_source == "attention" and any(s != 1 for s in cfg.encoder_strides):
             raise ValueError("model.mask_source='attention' needs a full-resolution encoder (all strides 1)")
 
@@ -55,7 +59,11 @@ class SlotAttentionAutoEncoder(nn.Module):
         check_image(image, self.cfg.resolution)
         features = self.encoder(image)  # (B, N, C)
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
-        out = self.decoder(sa["slots"])  # (B, K, 4, H, W)
+        if self.cfg.decoder_frame == "image":
+            out = self.decoder(sa["slots"])  # (B, K, 4, H, W)
+        else:  # decode each slot in its own frame, centred (and scaled) by its attention
+            centers, scales = slot_frames(sa["attn"], self.encoder.feature_resolution)
+            out = self.decoder(sa["slots"], centers, scales if self.cfg.decoder_frame == "slot_scale" else None)
         recons, logits = out[:, :, :3], out[:, :, 3:]  # (B, K, 3, H, W), (B, K, 1, H, W)
         if self.cfg.mask_source == "attention":  # the last iteration's attention is already a softmax over K
             masks = sa["attn"].reshape(logits.shape)

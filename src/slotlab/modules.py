@@ -230,20 +230,21 @@ class MLPDecoder(nn.Module):
 
     The first layer is W_s @ slot + W_p @ pos(pixel) + b, computed per slot and per pixel separately and broadcast-
     added (exact). ``num_freqs`` > 0 adds Fourier features of the coordinates so the MLP can draw sharp edges.
+
+    With ``centers`` (and optionally ``scales``) given, pixel coordinates are taken relative to each slot's own
+    frame, (pos - center_k) / scale_k, as in Invariant Slot Attention (Biza et al., ICML 2023): the decoder then
+    draws an object the same way wherever it is, instead of learning every shape at every position.
     """
 
     def __init__(self, slot_dim: int, resolution: tuple[int, int], hidden: int = 64, num_layers: int = 3,
                  num_freqs: int = 0) -> None:
         super().__init__()
         self.resolution = resolution
-        grid = build_grid(*resolution)[:, :2]  # (1, 2, H, W), y and x in [0, 1]
-        feats = [grid, 1.0 - grid]
-        for f in range(num_freqs):
-            feats += [torch.sin(grid * torch.pi * 2**f), torch.cos(grid * torch.pi * 2**f)]
-        pos = torch.cat(feats, dim=1).flatten(2).transpose(1, 2)[0]  # (H*W, F)
-        self.register_buffer("pos_features", pos, persistent=False)
+        self.num_freqs = num_freqs
+        grid = build_grid(*resolution)[0, :2].flatten(1).T * 2 - 1  # (H*W, 2), (y, x) in [-1, 1]
+        self.register_buffer("grid", grid, persistent=False)
         self.slot_proj = nn.Linear(slot_dim, hidden)
-        self.pos_proj = nn.Linear(pos.shape[1], hidden, bias=False)
+        self.pos_proj = nn.Linear(2 + 4 * num_freqs, hidden, bias=False)
         layers: list[nn.Module] = []
         for _ in range(num_layers - 1):
             layers += [nn.ReLU(), nn.Linear(hidden, hidden)]
@@ -251,9 +252,36 @@ class MLPDecoder(nn.Module):
         self.body = nn.Sequential(*layers)
         keras_init_(self)
 
-    def forward(self, slots: Tensor) -> Tensor:
-        """(B, K, D) -> (B, K, 4, H, W)."""
+    def features(self, coords: Tensor) -> Tensor:
+        """(..., 2) coordinates -> (..., 2 + 4 * num_freqs) [coords, sin and cos of pi * 2^f * coords]."""
+        feats = [coords]
+        for f in range(self.num_freqs):
+            feats += [torch.sin(coords * (torch.pi * 2**f)), torch.cos(coords * (torch.pi * 2**f))]
+        return torch.cat(feats, dim=-1)
+
+    def forward(self, slots: Tensor, centers: Tensor | None = None, scales: Tensor | None = None) -> Tensor:
+        """(B, K, D) slots, optional (B, K, 2) centers and scales in grid units -> (B, K, 4, H, W)."""
         B, K, _ = slots.shape
-        h = self.slot_proj(slots)[:, :, None, :] + self.pos_proj(self.pos_features)  # (B, K, H*W, hidden)
+        if centers is None:
+            pos = self.pos_proj(self.features(self.grid))  # (H*W, hidden), shared by every slot
+        else:
+            rel = self.grid - centers[:, :, None, :]  # (B, K, H*W, 2)
+            if scales is not None:
+                rel = rel / scales[:, :, None, :]
+            pos = self.pos_proj(self.features(rel))  # (B, K, H*W, hidden)
+        h = self.slot_proj(slots)[:, :, None, :] + pos  # (B, K, H*W, hidden)
         out = self.body(h)  # (B, K, H*W, 4)
         return out.transpose(2, 3).reshape(B, K, 4, *self.resolution)
+
+
+def slot_frames(attn: Tensor, resolution: tuple[int, int], min_scale: float = 0.05) -> tuple[Tensor, Tensor]:
+    """Each slot's center and spread on the [-1, 1] grid from its attention (B, K, N = H * W).
+
+    Returns centers (B, K, 2) = attention-weighted mean position and scales (B, K, 2) = weighted standard deviation
+    (at least ``min_scale``), the slot's frame in Invariant Slot Attention.
+    """
+    grid = build_grid(*resolution, device=attn.device)[0, :2].flatten(1).T * 2 - 1  # (N, 2)
+    weights = attn / attn.sum(dim=-1, keepdim=True).clamp(min=1e-8)  # (B, K, N)
+    centers = weights @ grid  # (B, K, 2)
+    var = weights @ grid.square() - centers.square()
+    return centers, var.clamp(min=min_scale**2).sqrt()

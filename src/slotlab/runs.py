@@ -9,6 +9,7 @@ from pathlib import Path
 from slotlab.checkpoint import load_checkpoint
 from slotlab.config import ExperimentConfig, apply_overrides
 from slotlab.data import SceneSet, build_splits, load_cache, read_meta, write_cache
+from slotlab.data.multi_object import LAYOUTS, read_multi_object
 from slotlab.evaluate import evaluate, format_metrics
 from slotlab.experiments import get_experiment
 from slotlab.models import SlotAttentionAutoEncoder
@@ -54,14 +55,17 @@ def load_model(workdir: Path, checkpoint: str = "best") -> tuple[SlotAttentionAu
 
 
 def resolve_data(spec: str, cfg: ExperimentConfig) -> SceneSet:
-    """``test`` / ``val`` (the run's built-in splits) or ``cache:DIR`` (a generated cache directory)."""
+    """``test`` / ``val`` (the run's built-in splits), ``cache:DIR`` (a generated cache directory) or ``KIND:FILE``
+    (a multi_object_datasets TFRecord, e.g. ``tetrominoes:tetrominoes_train.tfrecords``)."""
     if spec in ("test", "val", "train"):
         return build_splits(cfg.data)[spec]
     kind, sep, path = spec.partition(":")
     if sep and kind == "cache":
         meta = read_meta(path)
         return SceneSet.from_arrays(load_cache(path), meta["num_objects"], name=path)
-    raise ValueError(f"--data {spec!r}: expected 'test', 'val' or 'cache:DIR'")
+    if sep and kind in LAYOUTS:
+        return SceneSet.from_arrays(read_multi_object(kind, path), LAYOUTS[kind][1], name=spec)
+    raise ValueError(f"--data {spec!r}: expected 'test', 'val', 'cache:DIR' or KIND:FILE with KIND in {sorted(LAYOUTS)}")
 
 
 def eval_run(workdir: Path, data: str = "test", checkpoint: str = "best", num_slots: int | None = None,

@@ -128,6 +128,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
         if result[SELECT_METRIC] > best:
             best = result[SELECT_METRIC]
             checkpoint("best", with_optimizer=False)
+        if tc.report_test:  # logged for learning curves only; the checkpoint is chosen on validation above
+            record("test", evaluate(model, splits["test"], batch_size=max(tc.batch_size, 32), seed=tc.seed))
         return result
 
     # ---- loop --------------------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def _bytes_list(buf: bytes) -> list[bytes] | np.ndarray:
 
 def _float_list(buf: bytes) -> np.ndarray:
     out: list[np.ndarray] = []
-    for n, wire, v in _fields(buf):
+    for n, _wire, v in _fields(buf):
         if n == 1:
             out.append(np.frombuffer(v, dtype="<f4"))
     return np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -186,3 +186,47 @@ def parse_example(record: bytes) -> dict[str, list[bytes] | np.ndarray]:
                 elif kind == 3:
                     out[key] = _int64_list(payload)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing (for tests and conversions): the exact layout of multi_object_datasets
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def encode_example(features: dict[str, np.ndarray]) -> bytes:
+    """Serialize a tf.train.Example: uint8 arrays as one 1-byte string per element (as DeepMind stores images
+    and masks), float arrays as a packed float_list, integer arrays as a packed int64_list."""
+    entries = b""
+    for key, value in features.items():
+        value = np.asarray(value)
+        if value.dtype == np.uint8:
+            payload = b"".join(_field(1, bytes([int(b)])) for b in value.ravel())
+            feature = _field(1, payload)
+        elif np.issubdtype(value.dtype, np.floating):
+            feature = _field(2, _field(1, value.astype("<f4").ravel().tobytes()))
+        else:
+            packed = b"".join(_encode_varint(int(v) & (2**64 - 1)) for v in value.ravel())
+            feature = _field(3, _field(1, packed))
+        entries += _field(1, _field(1, key.encode()) + _field(2, feature))
+    return _field(1, entries)
+
+
+def write_records(path: str | Path, records: list[bytes], compression: str | None = "gzip") -> None:
+    """Write framed records to ``path`` (whole-file GZIP by default, as multi_object_datasets)."""
+    data = b"".join(frame_record(r) for r in records)
+    Path(path).write_bytes(gzip.compress(data) if compression == "gzip" else data)
