@@ -65,7 +65,8 @@ def resolve_data(spec: str, cfg: ExperimentConfig) -> SceneSet:
         return SceneSet.from_arrays(load_cache(path), meta["num_objects"], name=path)
     if sep and kind in LAYOUTS:
         return SceneSet.from_arrays(read_multi_object(kind, path), LAYOUTS[kind][1], name=spec)
-    raise ValueError(f"--data {spec!r}: expected 'test', 'val', 'cache:DIR' or KIND:FILE with KIND in {sorted(LAYOUTS)}")
+    kinds = sorted(LAYOUTS)
+    raise ValueError(f"--data {spec!r}: expected 'test', 'val', 'cache:DIR' or KIND:FILE with KIND in {kinds}")
 
 
 def eval_run(workdir: Path, data: str = "test", checkpoint: str = "best", num_slots: int | None = None,
