@@ -81,3 +81,47 @@ def test_bad_images_are_named(image, match):
     model = SlotAttentionAutoEncoder(get_experiment("tiny").model)
     with pytest.raises((ValueError, TypeError), match=match):
         model(image)
+
+
+def test_slot_frames_follow_the_attention():
+    from slotlab.modules import slot_frames
+
+    attn = torch.zeros(1, 2, 5 * 5)
+    attn[0, 0, 0] = 1.0  # slot 0 attends only the top-left pixel
+    attn[0, 1] = 1.0  # slot 1 attends everything uniformly
+    centers, scales = slot_frames(attn, (5, 5))
+    assert torch.allclose(centers[0, 0], torch.tensor([-1.0, -1.0]))
+    assert torch.allclose(centers[0, 1], torch.zeros(2), atol=1e-6)
+    assert scales[0, 0].min() >= 0.05 and torch.allclose(scales[0, 1], torch.full((2,), 0.5**0.5), atol=1e-5)
+
+
+def test_slot_frame_decoder_is_translation_equivariant():
+    from slotlab.modules import MLPDecoder
+
+    torch.manual_seed(0)
+    dec = MLPDecoder(8, (9, 9), hidden=16, num_layers=2, num_freqs=2)
+    slots = torch.randn(1, 1, 8)
+    step = 2 / 8  # one pixel on the [-1, 1] grid of 9 pixels
+    a = dec(slots, torch.tensor([[[0.0, 0.0]]]))
+    b = dec(slots, torch.tensor([[[step, 2 * step]]]))  # centre moved 1 row down, 2 columns right
+    assert torch.allclose(a[..., 2:7, 2:7], b[..., 3:8, 4:9], atol=1e-5)
+
+
+def test_mask_prior_curriculum_ends_with_the_decoders_masks():
+    from slotlab.models import set_mask_prior
+
+    cfg = get_experiment("tiny")
+    cfg.model.mask_source, cfg.model.mask_prior_steps = "decoder+attention", 10
+    model = SlotAttentionAutoEncoder(cfg.model)
+    image = torch.rand(2, 3, 35, 35) * 2 - 1
+    set_mask_prior(model, 5)
+    assert model.mask_prior_weight.item() == 0.5
+    set_mask_prior(model, 10)
+    torch.manual_seed(3)
+    with_prior_off = model(image)["masks"]
+    cfg2 = get_experiment("tiny")
+    plain = SlotAttentionAutoEncoder(cfg2.model)
+    plain.load_state_dict(model.state_dict())
+    torch.manual_seed(3)
+    assert torch.allclose(plain(image)["masks"], with_prior_off, atol=1e-6)
+    assert "mask_prior_weight" in model.state_dict()  # saved in checkpoints, so eval uses the trained weight

@@ -36,7 +36,9 @@ class ModelConfig:
     implicit_grad: bool = False  # detach slots before the last iteration (Chang et al. 2022)
     decoder_frame: str = "image"  # mlp decoder: "image" coordinates, or each slot's "slot" frame (translation)
     #                               or "slot_scale" (translation and scale), from its attention (ISA)
-    mask_source: str = "decoder"  # alpha masks from the decoder's 4th channel (paper) or "attention" (slotlab)
+    mask_source: str = "decoder"  # alpha masks from the decoder's 4th channel (paper), "attention", or
+    #                               "decoder+attention": softmax(decoder logits + w * log attention) (slotlab)
+    mask_prior_steps: int = 0  # decoder+attention: w falls linearly from 1 to 0 over these steps (0 = w stays 1)
 
 
 @dataclass

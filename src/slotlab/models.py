@@ -43,16 +43,20 @@ class SlotAttentionAutoEncoder(nn.Module):
             cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters, cfg.mlp_hidden_dim,
             implicit_grad=cfg.implicit_grad,
         )
+        # weight of the attention prior on the masks (mask_source="decoder+attention"); saved with the weights
+        self.register_buffer("mask_prior_weight", torch.tensor(1.0))
         self.slot_attention.check_finite = False  # the image is checked here; NaN weights surface in the loss
         self.decoder = build_decoder(cfg)
-        if cfg.mask_source not in ("decoder", "attention"):
-            raise ValueError(f"model.mask_source must be 'decoder' or 'attention', got {cfg.mask_source!r}")
+        if cfg.mask_source not in ("decoder", "attention", "decoder+attention"):
+            raise ValueError(
+                f"model.mask_source must be 'decoder', 'attention' or 'decoder+attention', got {cfg.mask_source!r}"
+            )
         if cfg.decoder_frame not in ("image", "slot", "slot_scale"):
             raise ValueError(f"model.decoder_frame must be 'image', 'slot' or 'slot_scale', got {cfg.decoder_frame!r}")
         if cfg.decoder_frame != "image" and (cfg.decoder != "mlp" or any(s != 1 for s in cfg.encoder_strides)):
             raise ValueError("model.decoder_frame='slot' needs decoder='mlp' and a full-resolution encoder")
-        if cfg.mask_source == "attention" and any(s != 1 for s in cfg.encoder_strides):
-            raise ValueError("model.mask_source='attention' needs a full-resolution encoder (all strides 1)")
+        if cfg.mask_source != "decoder" and any(s != 1 for s in cfg.encoder_strides):
+            raise ValueError(f"model.mask_source={cfg.mask_source!r} needs a full-resolution encoder (all strides 1)")
 
     def forward(self, image: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None) -> dict[str, Tensor]:
@@ -67,11 +71,22 @@ class SlotAttentionAutoEncoder(nn.Module):
         recons, logits = out[:, :, :3], out[:, :, 3:]  # (B, K, 3, H, W), (B, K, 1, H, W)
         if self.cfg.mask_source == "attention":  # the last iteration's attention is already a softmax over K
             masks = sa["attn"].reshape(logits.shape)
+        elif self.cfg.mask_source == "decoder+attention":  # the attention as a prior on the decoder's masks
+            prior = sa["attn"].reshape(logits.shape).clamp(min=1e-6).log()  # (B, K, 1, H, W)
+            masks = (logits + self.mask_prior_weight * prior).softmax(dim=1)
         else:
             masks = logits.softmax(dim=1)  # alpha masks compete across slots
         recon = (recons * masks).sum(dim=1)  # (B, 3, H, W)
         return {"recon": recon, "recons": recons, "masks": masks, "slots": sa["slots"], "attn": sa["attn"],
                 "attns": sa["attns"]}
+
+
+def set_mask_prior(model: SlotAttentionAutoEncoder, step: int) -> None:
+    """The curriculum of ``mask_source="decoder+attention"``: the prior's weight falls from 1 to 0 over
+    ``mask_prior_steps`` steps, after which the masks are the decoder's alone (the paper's model)."""
+    steps = model.cfg.mask_prior_steps
+    if steps > 0:
+        model.mask_prior_weight.fill_(max(0.0, 1.0 - step / steps))
 
 
 def check_image(image: Tensor, resolution: int) -> None:
