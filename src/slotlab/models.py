@@ -45,7 +45,6 @@ class SlotAttentionAutoEncoder(nn.Module):
         )
         # weight of the attention prior on the masks (mask_source="decoder+attention"); saved with the weights
         self.register_buffer("mask_prior_weight", torch.tensor(1.0))
-        self.slot_attention.check_finite = False  # the image is checked here; NaN weights surface in the loss
         self.decoder = build_decoder(cfg)
         if cfg.mask_source not in ("decoder", "attention", "decoder+attention"):
             raise ValueError(
@@ -63,7 +62,9 @@ class SlotAttentionAutoEncoder(nn.Module):
         check_image(image, self.cfg.resolution)
         features = self.encoder(image)  # (B, N, C)
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
-        if self.cfg.decoder_frame == "image":
+        if "positions" in sa:  # invariant slot attention: draw each slot around its own position
+            out = self.decoder(sa["slots"], sa["positions"])  # (B, K, 4, H, W)
+        elif self.cfg.decoder_frame == "image":
             out = self.decoder(sa["slots"])  # (B, K, 4, H, W)
         else:  # decode each slot in its own frame, centred (and scaled) by its attention
             centers, scales = slot_frames(sa["attn"], self.encoder.feature_resolution)

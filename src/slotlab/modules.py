@@ -51,11 +51,13 @@ class Encoder(nn.Module):
     """CNN (5x5 convs, ReLU) + soft position embedding + flatten + LayerNorm + MLP: image -> (B, N, C) set.
 
     ``strides`` gives one stride per conv (all 1 for object discovery; 1, 2, 2, 1 for set prediction).
+    ``pos_embed=False`` leaves positions out (Invariant Slot Attention adds them relative to each slot instead).
     Strided convs use TF "SAME" padding (1 before, 2 after for 5x5 stride 2) so that official weights load exactly.
     """
 
     def __init__(self, resolution: tuple[int, int], channels: int = 64, strides=(1, 1, 1, 1),
-                 kernel_size: int = 5, mlp_dim: int | None = None, in_channels: int = 3) -> None:
+                 kernel_size: int = 5, mlp_dim: int | None = None, in_channels: int = 3,
+                 pos_embed: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in, h, w = in_channels, *resolution
@@ -64,7 +66,7 @@ class Encoder(nn.Module):
             c_in, h, w = channels, -(-h // s), -(-w // s)
         self.cnn = nn.Sequential(*layers)
         self.feature_resolution = (h, w)
-        self.pos = SoftPositionEmbed(channels, (h, w))
+        self.pos = SoftPositionEmbed(channels, (h, w)) if pos_embed else nn.Identity()
         self.norm = nn.LayerNorm(channels, eps=1e-3)
         mlp_dim = mlp_dim or channels
         self.mlp = nn.Sequential(nn.Linear(channels, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, channels))

@@ -1,0 +1,49 @@
+import torch
+
+from slotlab.invariant import InvariantSlotAttention
+
+
+def make():
+    torch.manual_seed(0)
+    return InvariantSlotAttention(4, 12, (5, 6), slot_dim=16, num_iters=3, mlp_hidden_dim=32, grid_hidden_dim=8)
+
+
+def test_shapes_and_positions_are_attention_centres():
+    sa = make()
+    out = sa(torch.randn(2, 30, 12))
+    assert out["slots"].shape == (2, 4, 16) and out["positions"].shape == (2, 4, 2)
+    assert out["attns"].shape == (2, 4, 4, 30)  # T + 1 rounds
+    assert torch.allclose(out["attn"].sum(1), torch.ones(2, 30), atol=1e-6)
+    w = out["attn"] + sa.eps
+    w = w / w.sum(-1, keepdim=True)
+    assert torch.allclose(out["positions"], w @ sa.grid, atol=1e-6)
+    assert out["positions"].abs().max() <= 1
+
+
+def test_fast_logits_equal_the_literal_per_slot_keys():
+    sa = make()
+    x, slots, positions = torch.randn(2, 30, 12), torch.randn(2, 4, 16), torch.rand(2, 4, 2) * 2 - 1
+    out = sa(x, slots=slots, positions=positions, num_iters=0)  # one round: attention from the given state
+    expected = sa.reference_logits(x, slots, positions).softmax(dim=1)
+    assert (out["attn"] - expected).abs().max() < 1e-5
+
+
+def test_keys_depend_only_on_relative_position():
+    """Moving a slot and the features under it together leaves its logits unchanged (translation equivariance)."""
+    sa = make()
+    feats = torch.randn(1, 5, 6, 12)
+    shifted = torch.roll(feats, shifts=1, dims=2)  # move everything one column right
+    slots = torch.randn(1, 4, 16)
+    p = torch.tensor([[[0.0, -0.2], [0.1, 0.0], [-0.5, -0.6], [0.3, -0.2]]])
+    step = torch.tensor([0.0, 2 / 5])  # one column on the [-1, 1] grid of width 6
+    a = sa.reference_logits(feats.flatten(1, 2), slots, p).reshape(1, 4, 5, 6)
+    b = sa.reference_logits(shifted.flatten(1, 2), slots, p + step).reshape(1, 4, 5, 6)
+    assert torch.allclose(a[..., :, :5], b[..., :, 1:], atol=1e-5)
+
+
+def test_gradients_reach_every_parameter():
+    sa = make()
+    out = sa(torch.randn(2, 30, 12))
+    (out["slots"].square().sum() + out["positions"].sum()).backward()
+    for name, p in sa.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
