@@ -125,3 +125,20 @@ def test_mask_prior_curriculum_ends_with_the_decoders_masks():
     torch.manual_seed(3)
     assert torch.allclose(plain(image)["masks"], with_prior_off, atol=1e-6)
     assert "mask_prior_weight" in model.state_dict()  # saved in checkpoints, so eval uses the trained weight
+
+
+@pytest.mark.parametrize("attention", ["slot", "invariant"])
+def test_model_variants_build_and_use_their_options(attention):
+    from slotlab.invariant import InvariantSlotAttention
+
+    cfg = get_experiment("tiny")
+    cfg.model.decoder, cfg.model.attention, cfg.model.slot_init = "mlp", attention, "learned"
+    model = SlotAttentionAutoEncoder(cfg.model)
+    assert isinstance(model.slot_attention, InvariantSlotAttention) == (attention == "invariant")
+    assert model.slot_attention.slots_init.shape == (1, 4, cfg.model.slot_dim)
+    image = torch.rand(2, 3, 35, 35) * 2 - 1
+    out = model(image)
+    out["recon"].sum().backward()
+    assert model.slot_attention.slots_init.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="learned"):
+        model(image, num_slots=5)

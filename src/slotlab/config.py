@@ -35,6 +35,7 @@ class ModelConfig:
     fast_stem: bool = True  # broadcast decoder: exact cheaper first layer
     implicit_grad: bool = False  # detach slots before the last iteration (Chang et al. 2022)
     attention: str = "slot"  # "slot" (the paper) or "invariant" (slot-centric frames, Biza et al. 2023; mlp decoder)
+    slot_init: str = "random"  # "random" (paper: shared mu, sigma) or "learned" (one vector per slot, BO-QSA)
     grid_hidden_dim: int = 64  # invariant: hidden size of the relative-position key encoder
     decoder_frame: str = "image"  # mlp decoder: "image" coordinates, or each slot's "slot" frame (translation)
     #                               or "slot_scale" (translation and scale), from its attention (ISA)

@@ -32,7 +32,7 @@ class InvariantSlotAttention(nn.Module):
 
     def __init__(self, num_slots: int, input_dim: int, resolution: tuple[int, int], slot_dim: int = 64,
                  num_iters: int = 3, mlp_hidden_dim: int = 128, grid_hidden_dim: int = 64, eps: float = 1e-8,
-                 ln_eps: float = 1e-3) -> None:
+                 ln_eps: float = 1e-3, slot_init: str = "random") -> None:
         super().__init__()
         self.num_slots, self.num_iters, self.eps = num_slots, num_iters, eps
         self.slot_dim = slot_dim
@@ -50,6 +50,11 @@ class InvariantSlotAttention(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(slot_dim, mlp_hidden_dim), nn.ReLU(), nn.Linear(mlp_hidden_dim, slot_dim))
         self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_dim))
         self.slots_log_sigma = nn.Parameter(torch.empty(1, 1, slot_dim))
+        self.slot_init = slot_init
+        if slot_init == "learned":  # one learned initial vector per slot (BO-QSA): K is fixed
+            self.slots_init = nn.Parameter(torch.empty(1, num_slots, slot_dim))
+        elif slot_init != "random":
+            raise ValueError(f"InvariantSlotAttention: slot_init must be 'random' or 'learned', got {slot_init!r}")
         grid = build_grid(*resolution)[0, :2].flatten(1).T * 2 - 1  # (N, 2), (y, x) in [-1, 1]
         self.register_buffer("grid", grid, persistent=False)
         self.reset_parameters()
@@ -67,6 +72,8 @@ class InvariantSlotAttention(nn.Module):
         limit = math.sqrt(6.0 / (1 + self.slot_dim))
         nn.init.uniform_(self.slots_mu, -limit, limit)
         nn.init.uniform_(self.slots_log_sigma, -limit, limit)
+        if self.slot_init == "learned":
+            nn.init.xavier_uniform_(self.slots_init[0])
 
     def forward(self, inputs: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None, positions: Tensor | None = None) -> dict[str, Tensor]:
@@ -79,7 +86,11 @@ class InvariantSlotAttention(nn.Module):
         if N != self.grid.shape[0]:
             raise ValueError(f"InvariantSlotAttention: expected N = {self.grid.shape[0]} inputs, got {N}")
         num_iters = self.num_iters if num_iters is None else num_iters
-        if slots is None:
+        if slots is None and self.slot_init == "learned":
+            if num_slots not in (None, self.num_slots):
+                raise ValueError(f"slot_init='learned' has K={self.num_slots}; got num_slots={num_slots}")
+            slots = self.slots_init.expand(B, -1, -1)
+        elif slots is None:
             K = num_slots or self.num_slots
             mu = self.slots_mu.expand(B, K, -1)
             slots = mu + self.slots_log_sigma.exp() * torch.randn_like(mu)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from slotlab.config import ModelConfig
+from slotlab.invariant import InvariantSlotAttention
 from slotlab.modules import BroadcastDecoder, Encoder, MLPDecoder, UpsampleBroadcastDecoder, slot_frames
 from slotlab.slot_attention import SlotAttention
 
@@ -37,12 +38,24 @@ class SlotAttentionAutoEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        invariant = cfg.attention == "invariant"
+        if cfg.attention not in ("slot", "invariant"):
+            raise ValueError(f"model.attention must be 'slot' or 'invariant', got {cfg.attention!r}")
+        if invariant and cfg.decoder != "mlp":
+            raise ValueError("model.attention='invariant' draws slots in their own frames: it needs decoder='mlp'")
         self.encoder = Encoder((cfg.resolution, cfg.resolution), cfg.encoder_channels, tuple(cfg.encoder_strides),
-                               kernel_size=cfg.encoder_kernel, mlp_dim=cfg.encoder_mlp_dim)
-        self.slot_attention = SlotAttention(
-            cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters, cfg.mlp_hidden_dim,
-            implicit_grad=cfg.implicit_grad,
-        )
+                               kernel_size=cfg.encoder_kernel, mlp_dim=cfg.encoder_mlp_dim, pos_embed=not invariant)
+        if invariant:
+            self.slot_attention = InvariantSlotAttention(
+                cfg.num_slots, cfg.encoder_channels, self.encoder.feature_resolution, cfg.slot_dim, cfg.num_iters,
+                cfg.mlp_hidden_dim, cfg.grid_hidden_dim, slot_init=cfg.slot_init,
+            )
+        else:
+            self.slot_attention = SlotAttention(
+                cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters, cfg.mlp_hidden_dim,
+                implicit_grad=cfg.implicit_grad, slot_init=cfg.slot_init,
+            )
+            self.slot_attention.check_finite = False  # the image is checked here; NaN weights surface in the loss
         # weight of the attention prior on the masks (mask_source="decoder+attention"); saved with the weights
         self.register_buffer("mask_prior_weight", torch.tensor(1.0))
         self.decoder = build_decoder(cfg)

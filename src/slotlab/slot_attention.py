@@ -36,6 +36,8 @@ class SlotAttention(nn.Module):
         qkv_bias: give q, k, v a bias (False in the paper; True to match lucidrains' slot-attention).
         ln_eps: LayerNorm epsilon (1e-3 = Keras, as the paper; 1e-5 to match PyTorch-default ports).
         implicit_grad: detach the slots before the last iteration (Chang et al., 2022). Changes gradients only.
+        slot_init: "random" (the paper: mu + sigma * noise, shared by all slots) or "learned" (one learned initial
+            vector per slot, as BO-QSA, Jia et al. 2023: breaks the symmetry between slots; K is then fixed).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class SlotAttention(nn.Module):
         qkv_bias: bool = False,
         ln_eps: float = 1e-3,
         implicit_grad: bool = False,
+        slot_init: str = "random",
     ) -> None:
         super().__init__()
         for name, value in [("num_slots", num_slots), ("input_dim", input_dim), ("slot_dim", slot_dim),
@@ -75,6 +78,11 @@ class SlotAttention(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(slot_dim, mlp_hidden_dim), nn.ReLU(), nn.Linear(mlp_hidden_dim, slot_dim))
         self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_dim))
         self.slots_log_sigma = nn.Parameter(torch.empty(1, 1, slot_dim))
+        if slot_init not in ("random", "learned"):
+            raise ValueError(f"SlotAttention: slot_init must be 'random' or 'learned', got {slot_init!r}")
+        self.slot_init = slot_init
+        if slot_init == "learned":
+            self.slots_init = nn.Parameter(torch.empty(1, num_slots, slot_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -92,11 +100,17 @@ class SlotAttention(nn.Module):
         limit = math.sqrt(6.0 / (1 + self.slot_dim))
         nn.init.uniform_(self.slots_mu, -limit, limit)
         nn.init.uniform_(self.slots_log_sigma, -limit, limit)
+        if self.slot_init == "learned":
+            nn.init.xavier_uniform_(self.slots_init[0])
         for norm in [self.norm_inputs, self.norm_slots, self.norm_mlp]:
             norm.reset_parameters()
 
     def init_slots(self, batch_size: int, num_slots: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw initial slots mu + sigma * noise, (B, K, D); a fresh draw on every call."""
+        """Draw initial slots mu + sigma * noise, (B, K, D); a fresh draw on every call (or the learned ones)."""
+        if self.slot_init == "learned":
+            if num_slots != self.num_slots:
+                raise ValueError(f"slot_init='learned' fixes K={self.num_slots}, got num_slots={num_slots}")
+            return self.slots_init.expand(batch_size, -1, -1)
         mu = self.slots_mu.expand(batch_size, num_slots, -1)
         noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
         return mu + self.slots_log_sigma.exp() * noise
@@ -128,7 +142,7 @@ class SlotAttention(nn.Module):
         self._check(inputs, num_slots, num_iters, slots, input_mask)
         B, N, _ = inputs.shape
         if slots is None:
-            slots = self.init_slots(B, num_slots or self.num_slots)
+            slots = self.init_slots(B, num_slots or self.num_slots).to(inputs.dtype)
         init_slots = slots
 
         inputs = self.norm_inputs(inputs)
