@@ -29,6 +29,7 @@ def test_demo_writes_report_and_pictures(tmp_path):
     for name in ["report.html", "scenes.png", "scenes_attention.png", "curves.png", "test_metrics.json"]:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert "FG-ARI" in (run / "report.html").read_text()
+    assert main(["demo", "--workdir", str(run), "--experiment", "tiny"]) == 0  # a second demo continues the run
 
 
 @pytest.mark.parametrize(

@@ -108,15 +108,15 @@ def test_slot_frame_decoder_is_translation_equivariant():
 
 
 def test_mask_prior_curriculum_ends_with_the_decoders_masks():
-    from slotlab.models import set_mask_prior
+    from slotlab.models import set_step
 
     cfg = get_experiment("tiny")
     cfg.model.mask_source, cfg.model.mask_prior_steps = "decoder+attention", 10
     model = SlotAttentionAutoEncoder(cfg.model)
     image = torch.rand(2, 3, 35, 35) * 2 - 1
-    set_mask_prior(model, 5)
+    set_step(model, 5)
     assert model.mask_prior_weight.item() == 0.5
-    set_mask_prior(model, 10)
+    set_step(model, 10)
     torch.manual_seed(3)
     with_prior_off = model(image)["masks"]
     cfg2 = get_experiment("tiny")
@@ -142,3 +142,17 @@ def test_model_variants_build_and_use_their_options(attention):
     assert model.slot_attention.slots_init.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="learned"):
         model(image, num_slots=5)
+
+
+def test_frequency_bands_open_coarse_to_fine():
+    from slotlab.models import set_step
+
+    cfg = get_experiment("tiny")
+    cfg.model.decoder, cfg.model.decoder_freqs, cfg.model.decoder_freq_steps = "mlp", 4, 100
+    model = SlotAttentionAutoEncoder(cfg.model)
+    set_step(model, 0)
+    assert model.decoder.band_weights.sum() == 0
+    set_step(model, 50)  # alpha = 2: bands 0 and 1 open, 2 and 3 closed
+    assert model.decoder.band_weights.tolist() == [1.0, 1.0, 0.0, 0.0]
+    set_step(model, 100)
+    assert model.decoder.band_weights.tolist() == [1.0, 1.0, 1.0, 1.0]

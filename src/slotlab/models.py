@@ -95,12 +95,18 @@ class SlotAttentionAutoEncoder(nn.Module):
                 "attns": sa["attns"]}
 
 
-def set_mask_prior(model: SlotAttentionAutoEncoder, step: int) -> None:
-    """The curriculum of ``mask_source="decoder+attention"``: the prior's weight falls from 1 to 0 over
-    ``mask_prior_steps`` steps, after which the masks are the decoder's alone (the paper's model)."""
-    steps = model.cfg.mask_prior_steps
-    if steps > 0:
-        model.mask_prior_weight.fill_(max(0.0, 1.0 - step / steps))
+def set_step(model: SlotAttentionAutoEncoder, step: int) -> None:
+    """Apply the model's training curricula at ``step`` (both are deterministic functions of the step):
+
+    - ``mask_prior_steps``: the attention prior's weight on the masks falls from 1 to 0, after which the masks
+      are the decoder's alone (the paper's model);
+    - ``decoder_freq_steps``: the MLP decoder's Fourier bands open coarse-to-fine.
+    """
+    cfg = model.cfg
+    if cfg.mask_prior_steps > 0:
+        model.mask_prior_weight.fill_(max(0.0, 1.0 - step / cfg.mask_prior_steps))
+    if cfg.decoder_freq_steps > 0 and isinstance(model.decoder, MLPDecoder):
+        model.decoder.open_bands(min(1.0, step / cfg.decoder_freq_steps))
 
 
 def check_image(image: Tensor, resolution: int) -> None:

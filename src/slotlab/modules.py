@@ -247,6 +247,8 @@ class MLPDecoder(nn.Module):
         self.register_buffer("grid", grid, persistent=False)
         self.slot_proj = nn.Linear(slot_dim, hidden)
         self.pos_proj = nn.Linear(2 + 4 * num_freqs, hidden, bias=False)
+        # per-band weights of the Fourier features: a coarse-to-fine schedule can open the bands one by one
+        self.register_buffer("band_weights", torch.ones(num_freqs))
         layers: list[nn.Module] = []
         for _ in range(num_layers - 1):
             layers += [nn.ReLU(), nn.Linear(hidden, hidden)]
@@ -254,11 +256,19 @@ class MLPDecoder(nn.Module):
         self.body = nn.Sequential(*layers)
         keras_init_(self)
 
+    def open_bands(self, progress: float) -> None:
+        """Coarse-to-fine (as BARF, Lin et al. 2021): at ``progress`` in [0, 1] of the schedule, bands up to
+        progress * num_freqs are open, the next one partly (cosine ramp)."""
+        alpha = progress * self.num_freqs
+        t = (alpha - torch.arange(self.num_freqs, dtype=torch.float32)).clamp(0, 1)
+        self.band_weights.copy_((1 - torch.cos(t * torch.pi)) / 2)
+
     def features(self, coords: Tensor) -> Tensor:
         """(..., 2) coordinates -> (..., 2 + 4 * num_freqs) [coords, sin and cos of pi * 2^f * coords]."""
         feats = [coords]
         for f in range(self.num_freqs):
-            feats += [torch.sin(coords * (torch.pi * 2**f)), torch.cos(coords * (torch.pi * 2**f))]
+            w = self.band_weights[f]
+            feats += [w * torch.sin(coords * (torch.pi * 2**f)), w * torch.cos(coords * (torch.pi * 2**f))]
         return torch.cat(feats, dim=-1)
 
     def forward(self, slots: Tensor, centers: Tensor | None = None, scales: Tensor | None = None) -> Tensor:

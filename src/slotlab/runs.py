@@ -111,6 +111,9 @@ def demo(workdir: Path, experiment: str = "tetrominoes_cpu", overrides: list[str
     from slotlab.report import write_report
 
     workdir = Path(workdir)
+    if not resume and (workdir / "checkpoints" / "last.safetensors").is_file():
+        log.info("%s holds an earlier demo run: continuing it (delete the folder to start over)", workdir)
+        resume = True
     train_run(experiment, workdir, overrides or [], resume)
     result = eval_run(workdir, "test")
     (workdir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")

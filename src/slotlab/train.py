@@ -27,7 +27,7 @@ from slotlab.checkpoint import load_checkpoint, save_checkpoint
 from slotlab.config import ExperimentConfig
 from slotlab.data import SceneSet, build_splits
 from slotlab.evaluate import evaluate, format_metrics
-from slotlab.models import SlotAttentionAutoEncoder, set_mask_prior
+from slotlab.models import SlotAttentionAutoEncoder, set_step
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
             lr = lr_at(step, tc)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            set_mask_prior(model, step)
+            set_step(model, step)
             # step
             image = train_set.batch(batch_indices(step, tc.seed, tc.batch_size, len(train_set)), False)["image"]
             out = model(image)
