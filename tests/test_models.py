@@ -156,3 +156,17 @@ def test_frequency_bands_open_coarse_to_fine():
     assert model.decoder.band_weights.tolist() == [1.0, 1.0, 0.0, 0.0]
     set_step(model, 100)
     assert model.decoder.band_weights.tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_relative_position_embedding_is_a_slot_offset():
+    from slotlab.modules import SoftPositionEmbed, build_grid
+
+    torch.manual_seed(0)
+    pos = SoftPositionEmbed(6, (7, 9))
+    c = torch.tensor([0.3, 0.8])  # (y, x) in grid units
+    grid = build_grid(7, 9)[0, :2]  # (2, H, W)
+    rel = grid - c[:, None, None]
+    rel4 = torch.cat([rel, 1 - rel])  # the embedding of the relative coordinates
+    expected = torch.einsum("ihw,ci->chw", rel4, pos.proj.weight) + pos.proj.bias[:, None, None]
+    got = pos.embedding()[0] - pos.offset(c)[:, None, None]
+    assert torch.allclose(got, expected, atol=1e-6)

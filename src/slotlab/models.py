@@ -41,8 +41,8 @@ class SlotAttentionAutoEncoder(nn.Module):
         invariant = cfg.attention == "invariant"
         if cfg.attention not in ("slot", "invariant"):
             raise ValueError(f"model.attention must be 'slot' or 'invariant', got {cfg.attention!r}")
-        if invariant and cfg.decoder != "mlp":
-            raise ValueError("model.attention='invariant' draws slots in their own frames: it needs decoder='mlp'")
+        if invariant and cfg.decoder not in ("mlp", "broadcast"):
+            raise ValueError("model.attention='invariant' draws slots in their own frames: decoder 'mlp' or 'broadcast'")
         self.encoder = Encoder((cfg.resolution, cfg.resolution), cfg.encoder_channels, tuple(cfg.encoder_strides),
                                kernel_size=cfg.encoder_kernel, mlp_dim=cfg.encoder_mlp_dim, pos_embed=not invariant)
         if invariant:
@@ -75,8 +75,10 @@ class SlotAttentionAutoEncoder(nn.Module):
         check_image(image, self.cfg.resolution)
         features = self.encoder(image)  # (B, N, C)
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
-        if "positions" in sa:  # invariant slot attention: draw each slot around its own position
+        if "positions" in sa and isinstance(self.decoder, MLPDecoder):  # draw each slot in its own frame
             out = self.decoder(sa["slots"], sa["positions"])  # (B, K, 4, H, W)
+        elif "positions" in sa:  # broadcast decoder: its linear position embedding, made relative to the slot
+            out = self.decoder(sa["slots"] - self.decoder.stem.pos.offset((sa["positions"] + 1) / 2))
         elif self.cfg.decoder_frame == "image":
             out = self.decoder(sa["slots"])  # (B, K, 4, H, W)
         else:  # decode each slot in its own frame, centred (and scaled) by its attention

@@ -46,6 +46,12 @@ class SoftPositionEmbed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, H, W)
         return x + self.embedding()
 
+    def offset(self, centers: Tensor) -> Tensor:
+        """The embedding is linear in (y, x): emb(p - c) = emb(p) - offset(c). centers (..., 2) in [0, 1] grid
+        units (y, x) -> (..., C). Subtracting it from a broadcast vector re-centres the embedding on ``c``."""
+        w = self.proj.weight  # (C, 4) over [y, x, 1 - y, 1 - x]
+        return centers @ torch.stack([w[:, 0] - w[:, 2], w[:, 1] - w[:, 3]])  # (..., C)
+
 
 class Encoder(nn.Module):
     """CNN (5x5 convs, ReLU) + soft position embedding + flatten + LayerNorm + MLP: image -> (B, N, C) set.
