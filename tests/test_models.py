@@ -95,11 +95,15 @@ def test_slot_frames_follow_the_attention():
     assert scales[0, 0].min() >= 0.05 and torch.allclose(scales[0, 1], torch.full((2,), 0.5**0.5), atol=1e-5)
 
 
-def test_slot_frame_decoder_is_translation_equivariant():
+@pytest.mark.parametrize("table", [False, True])
+def test_slot_frame_decoder_is_translation_equivariant(table):
     from slotlab.modules import MLPDecoder
 
     torch.manual_seed(0)
-    dec = MLPDecoder(8, (9, 9), hidden=16, num_layers=2, num_freqs=2)
+    dec = MLPDecoder(8, (9, 9), hidden=16, num_layers=2, num_freqs=2, table=table)
+    if table:
+        with torch.no_grad():
+            dec.table.normal_()
     slots = torch.randn(1, 1, 8)
     step = 2 / 8  # one pixel on the [-1, 1] grid of 9 pixels
     a = dec(slots, torch.tensor([[[0.0, 0.0]]]))

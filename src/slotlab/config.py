@@ -31,6 +31,7 @@ class ModelConfig:
     decoder_channels: int = 64
     decoder_layers: int = 3  # broadcast: convs before the output conv; mlp: hidden layers
     decoder_freqs: int = 0  # mlp decoder: Fourier frequencies of the pixel coordinates
+    decoder_table: bool = False  # mlp decoder in slot frames: a learned feature per relative pixel offset
     decoder_freq_steps: int = 0  # mlp decoder: open the frequency bands coarse-to-fine over these steps (0 = all)
     broadcast_size: int = 8  # upsample decoder: broadcast grid side
     fast_stem: bool = True  # broadcast decoder: exact cheaper first layer

@@ -22,7 +22,8 @@ def build_decoder(cfg: ModelConfig) -> nn.Module:
     if cfg.decoder == "upsample":
         return UpsampleBroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, (cfg.broadcast_size,) * 2)
     if cfg.decoder == "mlp":
-        return MLPDecoder(cfg.slot_dim, res, cfg.decoder_channels, cfg.decoder_layers, cfg.decoder_freqs)
+        return MLPDecoder(cfg.slot_dim, res, cfg.decoder_channels, cfg.decoder_layers, cfg.decoder_freqs,
+                          table=cfg.decoder_table)
     raise ValueError(f"unknown decoder {cfg.decoder!r}; expected one of 'broadcast', 'upsample', 'mlp'")
 
 
@@ -42,7 +43,7 @@ class SlotAttentionAutoEncoder(nn.Module):
         if cfg.attention not in ("slot", "invariant"):
             raise ValueError(f"model.attention must be 'slot' or 'invariant', got {cfg.attention!r}")
         if invariant and cfg.decoder not in ("mlp", "broadcast"):
-            raise ValueError("model.attention='invariant' draws slots in their own frames: decoder 'mlp' or 'broadcast'")
+            raise ValueError("model.attention='invariant' needs decoder 'mlp' or 'broadcast' (slot frames)")
         self.encoder = Encoder((cfg.resolution, cfg.resolution), cfg.encoder_channels, tuple(cfg.encoder_strides),
                                kernel_size=cfg.encoder_kernel, mlp_dim=cfg.encoder_mlp_dim, pos_embed=not invariant)
         if invariant:

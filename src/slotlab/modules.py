@@ -245,10 +245,14 @@ class MLPDecoder(nn.Module):
     """
 
     def __init__(self, slot_dim: int, resolution: tuple[int, int], hidden: int = 64, num_layers: int = 3,
-                 num_freqs: int = 0) -> None:
+                 num_freqs: int = 0, table: bool = False) -> None:
         super().__init__()
         self.resolution = resolution
         self.num_freqs = num_freqs
+        # ``table``: a learned feature for every relative pixel offset (2H-1 x 2W-1, sampled bilinearly), so the
+        # decoder can draw 1-pixel detail in the slot's frame without the spectral bias of Fourier features.
+        self.table = nn.Parameter(torch.zeros(1, hidden, 2 * resolution[0] - 1, 2 * resolution[1] - 1)) \
+            if table else None
         grid = build_grid(*resolution)[0, :2].flatten(1).T * 2 - 1  # (H*W, 2), (y, x) in [-1, 1]
         self.register_buffer("grid", grid, persistent=False)
         self.slot_proj = nn.Linear(slot_dim, hidden)
@@ -287,6 +291,11 @@ class MLPDecoder(nn.Module):
             if scales is not None:
                 rel = rel / scales[:, :, None, :]
             pos = self.pos_proj(self.features(rel))  # (B, K, H*W, hidden)
+            if self.table is not None:  # offsets span [-2, 2]; grid_sample wants (x, y) in [-1, 1]
+                where = (rel.flip(-1) / 2).reshape(B * K, 1, -1, 2)  # (B*K, 1, H*W, 2)
+                table = self.table.expand(B * K, -1, -1, -1)
+                looked = F.grid_sample(table, where, mode="bilinear", padding_mode="zeros", align_corners=True)
+                pos = pos + looked.reshape(B, K, -1, rel.shape[2]).transpose(2, 3)  # (B, K, H*W, hidden)
         h = self.slot_proj(slots)[:, :, None, :] + pos  # (B, K, H*W, hidden)
         out = self.body(h)  # (B, K, H*W, 4)
         return out.transpose(2, 3).reshape(B, K, 4, *self.resolution)
