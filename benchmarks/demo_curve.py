@@ -39,8 +39,8 @@ def main() -> None:
     cfg = get_experiment(args.experiment)
     apply_overrides(cfg, [f"train.max_minutes={args.minutes}", f"train.eval_every_minutes={args.every}",
                           "train.report_test=true", *args.overrides])
-    cfg.train.steps = max(cfg.train.steps, 10**9) if not any("train.steps" in o for o in args.overrides) \
-        else cfg.train.steps
+    if not any(o.startswith("train.steps") for o in args.overrides):
+        cfg.train.steps = 10**9  # the time budget ends the run
     t0 = time.time()
     train(cfg, args.workdir, progress=False)
     wall = time.time() - t0

@@ -19,12 +19,11 @@ one final round that only updates the positions. Glossary: B batch, N inputs, K 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from slotlab.modules import build_grid
+from slotlab.slot_attention import keras_reset_
 
 
 class InvariantSlotAttention(nn.Module):
@@ -60,20 +59,7 @@ class InvariantSlotAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.xavier_uniform_(self.gru.weight_ih)
-        nn.init.orthogonal_(self.gru.weight_hh)
-        nn.init.zeros_(self.gru.bias_ih)
-        nn.init.zeros_(self.gru.bias_hh)
-        limit = math.sqrt(6.0 / (1 + self.slot_dim))
-        nn.init.uniform_(self.slots_mu, -limit, limit)
-        nn.init.uniform_(self.slots_log_sigma, -limit, limit)
-        if self.slot_init == "learned":
-            nn.init.xavier_uniform_(self.slots_init[0])
+        keras_reset_(self)
 
     def forward(self, inputs: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None, positions: Tensor | None = None) -> dict[str, Tensor]:

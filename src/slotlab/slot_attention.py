@@ -87,23 +87,7 @@ class SlotAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         """Keras-equivalent initialisation (glorot-uniform kernels, zero biases, orthogonal recurrent kernel)."""
-        for layer in [self.to_q, self.to_k, self.to_v, self.mlp[0], self.mlp[2]]:
-            nn.init.xavier_uniform_(layer.weight)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-        # Keras GRUCell: kernel (in, 3D) glorot-uniform, recurrent kernel (D, 3D) orthogonal, biases zero.
-        nn.init.xavier_uniform_(self.gru.weight_ih)
-        nn.init.orthogonal_(self.gru.weight_hh)
-        nn.init.zeros_(self.gru.bias_ih)
-        nn.init.zeros_(self.gru.bias_hh)
-        # glorot-uniform on a (1, 1, D) variable: fan_in = 1, fan_out = D.
-        limit = math.sqrt(6.0 / (1 + self.slot_dim))
-        nn.init.uniform_(self.slots_mu, -limit, limit)
-        nn.init.uniform_(self.slots_log_sigma, -limit, limit)
-        if self.slot_init == "learned":
-            nn.init.xavier_uniform_(self.slots_init[0])
-        for norm in [self.norm_inputs, self.norm_slots, self.norm_mlp]:
-            norm.reset_parameters()
+        keras_reset_(self)
 
     def init_slots(self, batch_size: int, num_slots: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw initial slots mu + sigma * noise, (B, K, D); a fresh draw on every call (or the learned ones)."""
@@ -228,6 +212,29 @@ class SlotAttention(nn.Module):
             new.slots_mu.copy_(module.slots_mu)
             new.slots_log_sigma.copy_(module.slots_logsigma)
         return new.to(module.slots_mu.device, module.slots_mu.dtype)
+
+
+def keras_reset_(module: nn.Module) -> None:
+    """Initialise a slot-attention module as Keras would: every Linear glorot-uniform with zero bias; the GRU's
+    kernel (in, 3D) glorot-uniform, recurrent kernel (D, 3D) orthogonal, biases zero; mu and log-sigma, (1, 1, D)
+    variables, glorot-uniform with fan_in = 1 and fan_out = D; learned initial slots glorot-uniform; LayerNorms 1, 0.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            m.reset_parameters()
+    nn.init.xavier_uniform_(module.gru.weight_ih)
+    nn.init.orthogonal_(module.gru.weight_hh)
+    nn.init.zeros_(module.gru.bias_ih)
+    nn.init.zeros_(module.gru.bias_hh)
+    limit = math.sqrt(6.0 / (1 + module.slot_dim))
+    nn.init.uniform_(module.slots_mu, -limit, limit)
+    nn.init.uniform_(module.slots_log_sigma, -limit, limit)
+    if module.slot_init == "learned":
+        nn.init.xavier_uniform_(module.slots_init[0])
 
 
 def slot_attention_reference(module: SlotAttention, inputs: Tensor, slots: Tensor, num_iters: int) -> Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -51,8 +52,6 @@ def batch_indices(step: int, seed: int, batch_size: int, num_items: int) -> torc
 
 
 def set_threads(num_threads: int) -> None:
-    import os
-
     torch.set_num_threads(num_threads if num_threads > 0 else max(1, os.cpu_count() or 1))
 
 
