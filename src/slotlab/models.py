@@ -60,42 +60,53 @@ class SlotAttentionAutoEncoder(nn.Module):
         # weight of the attention prior on the masks (mask_source="decoder+attention"); saved with the weights
         self.register_buffer("mask_prior_weight", torch.tensor(1.0))
         self.decoder = build_decoder(cfg)
-        if cfg.mask_source not in ("decoder", "attention", "decoder+attention"):
-            raise ValueError(
-                f"model.mask_source must be 'decoder', 'attention' or 'decoder+attention', got {cfg.mask_source!r}"
-            )
-        if cfg.decoder_frame not in ("image", "slot", "slot_scale"):
-            raise ValueError(f"model.decoder_frame must be 'image', 'slot' or 'slot_scale', got {cfg.decoder_frame!r}")
-        if cfg.decoder_frame != "image" and (cfg.decoder != "mlp" or any(s != 1 for s in cfg.encoder_strides)):
-            raise ValueError("model.decoder_frame='slot' needs decoder='mlp' and a full-resolution encoder")
-        if cfg.mask_source != "decoder" and any(s != 1 for s in cfg.encoder_strides):
-            raise ValueError(f"model.mask_source={cfg.mask_source!r} needs a full-resolution encoder (all strides 1)")
+        validate_model_config(cfg)
 
     def forward(self, image: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None) -> dict[str, Tensor]:
         check_image(image, self.cfg.resolution)
         features = self.encoder(image)  # (B, N, C)
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
-        if "positions" in sa and isinstance(self.decoder, MLPDecoder):  # draw each slot in its own frame
-            out = self.decoder(sa["slots"], sa["positions"])  # (B, K, 4, H, W)
-        elif "positions" in sa:  # broadcast decoder: its linear position embedding, made relative to the slot
-            out = self.decoder(sa["slots"] - self.decoder.stem.pos.offset((sa["positions"] + 1) / 2))
-        elif self.cfg.decoder_frame == "image":
-            out = self.decoder(sa["slots"])  # (B, K, 4, H, W)
-        else:  # decode each slot in its own frame, centred (and scaled) by its attention
-            centers, scales = slot_frames(sa["attn"], self.encoder.feature_resolution)
-            out = self.decoder(sa["slots"], centers, scales if self.cfg.decoder_frame == "slot_scale" else None)
+        out = self.decode(sa)  # (B, K, 4, H, W)
         recons, logits = out[:, :, :3], out[:, :, 3:]  # (B, K, 3, H, W), (B, K, 1, H, W)
-        if self.cfg.mask_source == "attention":  # the last iteration's attention is already a softmax over K
-            masks = sa["attn"].reshape(logits.shape)
-        elif self.cfg.mask_source == "decoder+attention":  # the attention as a prior on the decoder's masks
-            prior = sa["attn"].reshape(logits.shape).clamp(min=1e-6).log()  # (B, K, 1, H, W)
-            masks = (logits + self.mask_prior_weight * prior).softmax(dim=1)
-        else:
-            masks = logits.softmax(dim=1)  # alpha masks compete across slots
+        masks = self.alpha_masks(logits, sa["attn"])  # (B, K, 1, H, W)
         recon = (recons * masks).sum(dim=1)  # (B, 3, H, W)
         return {"recon": recon, "recons": recons, "masks": masks, "slots": sa["slots"], "attn": sa["attn"],
                 "attns": sa["attns"]}
+
+    def decode(self, sa: dict[str, Tensor]) -> Tensor:
+        """Slot Attention's output -> (B, K, 4, H, W) per-slot RGB and mask logit, in the configured frame."""
+        if "positions" in sa and isinstance(self.decoder, MLPDecoder):  # invariant: each slot in its own frame
+            return self.decoder(sa["slots"], sa["positions"])
+        if "positions" in sa:  # broadcast decoder: its linear position embedding, made relative to the slot
+            return self.decoder(sa["slots"] - self.decoder.stem.pos.offset((sa["positions"] + 1) / 2))
+        if self.cfg.decoder_frame == "image":
+            return self.decoder(sa["slots"])
+        centers, scales = slot_frames(sa["attn"], self.encoder.feature_resolution)  # frames from the attention
+        return self.decoder(sa["slots"], centers, scales if self.cfg.decoder_frame == "slot_scale" else None)
+
+    def alpha_masks(self, logits: Tensor, attn: Tensor) -> Tensor:
+        """(B, K, 1, H, W) mask logits and (B, K, N) attention -> alpha masks, a softmax over the K slots."""
+        if self.cfg.mask_source == "attention":  # the last iteration's attention is already a softmax over K
+            return attn.reshape(logits.shape)
+        if self.cfg.mask_source == "decoder+attention":  # the attention as a prior on the decoder's masks
+            prior = attn.reshape(logits.shape).clamp(min=1e-6).log()
+            return (logits + self.mask_prior_weight * prior).softmax(dim=1)
+        return logits.softmax(dim=1)  # the paper: alpha masks compete across slots
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Reject option combinations the model cannot build, naming what is expected."""
+    if cfg.mask_source not in ("decoder", "attention", "decoder+attention"):
+        raise ValueError(
+            f"model.mask_source must be 'decoder', 'attention' or 'decoder+attention', got {cfg.mask_source!r}"
+        )
+    if cfg.decoder_frame not in ("image", "slot", "slot_scale"):
+        raise ValueError(f"model.decoder_frame must be 'image', 'slot' or 'slot_scale', got {cfg.decoder_frame!r}")
+    if cfg.decoder_frame != "image" and (cfg.decoder != "mlp" or any(s != 1 for s in cfg.encoder_strides)):
+        raise ValueError("model.decoder_frame='slot' needs decoder='mlp' and a full-resolution encoder")
+    if cfg.mask_source != "decoder" and any(s != 1 for s in cfg.encoder_strides):
+        raise ValueError(f"model.mask_source={cfg.mask_source!r} needs a full-resolution encoder (all strides 1)")
 
 
 def set_step(model: SlotAttentionAutoEncoder, step: int) -> None:
