@@ -135,7 +135,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     budget = tc.max_minutes * 60 if tc.max_minutes > 0 else math.inf
     next_eval_time = (train_seconds // (tc.eval_every_minutes * 60) + 1) * tc.eval_every_minutes * 60 \
         if tc.eval_every_minutes > 0 else math.inf
-    bar = tqdm(total=tc.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=cfg.name)
+    desc = f"{cfg.name} ({tc.max_minutes:g}-min budget)" if tc.max_minutes > 0 else cfg.name
+    bar = tqdm(total=tc.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=desc)
     model.train()
     result: dict = {}
     last_eval_step = -1
