@@ -1,0 +1,139 @@
+"""Parity of the fast path (slotlab.fast_attention) with the plain path: outputs and every gradient."""
+
+import pytest
+import torch
+
+from slotlab import SlotAttention
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    defaults = dict(num_slots=4, input_dim=12, slot_dim=16, num_iters=3, mlp_hidden_dim=32)
+    defaults.update(kw)
+    sa = SlotAttention(**defaults)
+    with torch.no_grad():  # perturb every parameter so biases and LayerNorm affine terms matter
+        for p in sa.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return sa
+
+
+def run(sa, fast, x, loss_fn, seed=3, **call):
+    """Forward + backward on one path; returns outputs, the input gradient and every parameter gradient."""
+    sa.fast = fast
+    sa.zero_grad()
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)
+    out = sa(x, **call)
+    loss_fn(out).backward()
+    grads = {name: p.grad for name, p in sa.named_parameters()}
+    return out, x.grad, grads
+
+
+def slots_loss(out):
+    return out["slots"].square().sum()
+
+
+def attn_loss(out):  # the autoencoder's mask_source="attention" path: gradients through attn and attns
+    weights = torch.linspace(-1, 1, out["attn"].shape[-1])
+    return out["slots"].sum() + (out["attn"] * weights).sum() + out["attns"][:, 0].square().sum()
+
+
+def assert_close_grad(got, want, name):
+    assert (got is None) == (want is None), name
+    if want is not None:  # relative to the largest entry; an absolute floor for gradients that are 0 in exact maths
+        tol = 1e-4 * want.abs().max().item() + 1e-5
+        assert (got - want).abs().max().item() <= tol, name
+
+
+def assert_parity(sa, loss_fn=slots_loss, shape=(2, 30, 12), **call):
+    x = torch.randn(*shape)
+    out_f, dx_f, grads_f = run(sa, True, x, loss_fn, **call)
+    out_p, dx_p, grads_p = run(sa, False, x, loss_fn, **call)
+    for key in ("slots", "attn", "attns", "init_slots"):
+        assert out_f[key].shape == out_p[key].shape, key
+        assert (out_f[key] - out_p[key]).abs().max() <= 1e-5, key
+    assert_close_grad(dx_f, dx_p, "inputs")
+    for name in grads_p:
+        assert_close_grad(grads_f[name], grads_p[name], name)
+
+
+@pytest.mark.parametrize("kw", [{}, {"qkv_bias": True}, {"implicit_grad": True}, {"slot_init": "learned"},
+                                {"ln_eps": 1e-5, "eps": 1e-3}])
+@pytest.mark.parametrize("loss_fn", [slots_loss, attn_loss])
+def test_fast_matches_plain(kw, loss_fn):
+    assert_parity(make(**kw), loss_fn)
+
+
+def test_fast_matches_plain_with_explicit_slots_and_per_call_sizes():
+    sa = make(qkv_bias=True)
+    assert_parity(sa, attn_loss, slots=torch.randn(2, 6, 16))
+    assert_parity(sa, attn_loss, num_slots=3, num_iters=5)
+    assert_parity(sa, attn_loss, num_iters=1)
+    sa.implicit_grad = True
+    assert_parity(sa, attn_loss, num_iters=1)
+
+
+def test_fast_gradient_for_explicit_slots():
+    sa = make()
+    x, s0 = torch.randn(2, 20, 12), torch.randn(2, 4, 16)
+    grads = []
+    for fast in (True, False):
+        sa.fast = fast
+        s = s0.clone().requires_grad_()
+        attn_loss(sa(x, slots=s)).backward()
+        grads.append(s.grad)
+    assert_close_grad(grads[0], grads[1], "slots")
+
+
+def test_fast_input_dim_differs_from_slot_dim_and_frozen_parameters():
+    sa = make(input_dim=5, slot_dim=8)
+    sa.to_k.weight.requires_grad_(False)
+    sa.gru.requires_grad_(False)
+    assert_parity(sa, attn_loss, shape=(3, 17, 5))
+    assert sa.to_k.weight.grad is None
+
+
+def test_fast_without_grad_matches_and_input_mask_falls_back():
+    sa = make()
+    x, s0 = torch.randn(2, 20, 12), torch.randn(2, 4, 16)
+    with torch.no_grad():
+        fast = sa(x, slots=s0)
+        sa.fast = False
+        plain = sa(x, slots=s0)
+    assert (fast["slots"] - plain["slots"]).abs().max() <= 1e-5
+    assert (fast["attns"] - plain["attns"]).abs().max() <= 1e-5
+    sa.fast = True
+    mask = torch.zeros(2, 20, dtype=torch.bool)
+    mask[:, 15:] = True
+    assert sa(x, slots=s0, input_mask=mask)["attn"][:, :, 15:].abs().max() == 0
+
+
+def test_fast_double_backward_raises():
+    sa = make()
+    x = torch.randn(2, 10, 12, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(sa(x)["slots"].sum(), x, create_graph=True)
+    sa.fast = False
+    (g,) = torch.autograd.grad(sa(x)["slots"].sum(), x, create_graph=True)
+    g.sum().backward()
+
+
+def test_fast_from_lucidrains_parity():
+    lucid = pytest.importorskip("slot_attention")
+    torch.manual_seed(1)
+    theirs = lucid.SlotAttention(num_slots=5, dim=32, iters=3, hidden_dim=64)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ours = SlotAttention.from_lucidrains(theirs)
+    assert ours.fast
+    x = torch.randn(3, 50, 32, requires_grad=True)
+    torch.manual_seed(7)
+    expected = theirs(x)
+    (dx_theirs,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.manual_seed(7)
+    init = theirs.slots_mu + theirs.slots_logsigma.exp() * torch.randn(3, 5, 32)
+    got = ours(x, slots=init)["slots"]
+    (dx_ours,) = torch.autograd.grad(got.square().sum(), x)
+    assert (got - expected).abs().max() <= 1e-4
+    assert (dx_ours - dx_theirs).abs().max() <= 1e-4 * dx_theirs.abs().max()
