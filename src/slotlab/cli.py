@@ -6,6 +6,7 @@
     slotlab viz   --workdir DIR --out FILE.png
     slotlab demo  [--workdir DIR]
     slotlab experiments
+    slotlab bench module [--threads 1 2] [--rounds R] [--shapes clevr6 ... | BxNxDxK ...]
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--resume", action="store_true")
 
     sub.add_parser("experiments", help="list the presets")
+
+    b = sub.add_parser("bench", help="benchmarks that print markdown tables (never pass/fail)")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    bm = bsub.add_parser("module", help="Slot Attention forward+backward: slotlab fast / plain / slot-attention")
+    bm.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads, one table each")
+    bm.add_argument("--rounds", type=int, default=5, help="interleaved rounds per shape")
+    bm.add_argument("--shapes", nargs="+", default=["clevr6", "multi_dsprites", "tetrominoes", "set_prediction"],
+                    help="preset names or BxNxDxK (e.g. 8x16384x64x7)")
+    bm.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     return p
 
 
@@ -88,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from slotlab import runs
 
+    if args.command == "bench":
+        from slotlab import bench
+
+        shapes = [bench.parse_shape(spec) for spec in args.shapes]
+        rows = bench.bench_module(shapes, args.threads, args.rounds, memory=not args.no_memory)
+        print(bench.format_module_table(rows))
+        return 0
     if args.command == "experiments":
         from slotlab.experiments import EXPERIMENTS
 
