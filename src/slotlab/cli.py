@@ -3,6 +3,7 @@
     slotlab train --experiment NAME --workdir DIR [--set key=value ...] [--resume]
     slotlab eval  --workdir DIR [--data SPEC] [--num-iters T] [--num-slots K] [--json FILE]
     slotlab data generate NAME --out DIR --num N --seed S
+    slotlab data convert KIND:FILE --out DIR [--start A --stop B]
     slotlab viz   --workdir DIR --out FILE.png
     slotlab demo  [--workdir DIR]
     slotlab experiments
@@ -35,11 +36,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set train.lr=1e-3 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--data", default=None, metavar="SPEC",
+                   help="train on KIND:FILE[@A:B] (a multi_object_datasets TFRecord; default range: the paper's "
+                        "first 60K/70K records) or cache:DIR instead of the built-in data (docs/datasets.md)")
+    t.add_argument("--val-data", default=None, metavar="SPEC",
+                   help="validation data (default: the data.val_size scenes after the training range)")
 
     e = sub.add_parser("eval", help="evaluate a trained run: FG-ARI, ARI, mBO, MSE")
     e.add_argument("--workdir", required=True, type=Path)
     e.add_argument("--data", default="test",
-                   help="test or val (the run's built-in splits), cache:DIR, or KIND:FILE (tetrominoes:FILE)")
+                   help="test or val (the run's built-in splits), cache:DIR, or KIND:FILE[@A:B|@test|@test320] "
+                        "(e.g. tetrominoes:FILE@test; docs/datasets.md)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--num-iters", type=int, default=None, help="Slot Attention iterations at test time")
     e.add_argument("--num-slots", type=int, default=None, help="number of slots at test time")
@@ -55,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num", required=True, type=int)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--start", type=int, default=0)
+    c = dsub.add_parser("convert", help="convert a TFRecord range to a fast local cache directory")
+    c.add_argument("spec", help="KIND:FILE[@A:B], e.g. tetrominoes:tetrominoes_train.tfrecords@train")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--start", type=int, default=None, help="first record (default: the spec's range, else 0)")
+    c.add_argument("--stop", type=int, default=None, help="one past the last record (default: the end)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     v = sub.add_parser("viz", help="draw inputs, reconstructions, per-slot masks and attention")
     v.add_argument("--workdir", required=True, type=Path)
@@ -112,7 +125,8 @@ def _dispatch(args) -> int:
             print(f"{name:20s} {fn().description}")
         return 0
     if args.command == "train":
-        result = runs.train_run(args.experiment, args.workdir, args.overrides, args.resume, not args.no_progress)
+        result = runs.train_run(args.experiment, args.workdir, args.overrides, args.resume, not args.no_progress,
+                                args.data, args.val_data)
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "eval":
@@ -124,6 +138,10 @@ def _dispatch(args) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    if args.command == "data" and args.data_command == "convert":
+        path = runs.convert_data(args.spec, args.out, args.start, args.stop, not args.no_progress)
+        print(f"wrote {path}")
         return 0
     if args.command == "data":
         path = runs.generate_data(args.name, args.out, args.num, args.seed, args.start)

@@ -29,9 +29,10 @@ def evaluate(model: nn.Module, data: SceneSet, *, batch_size: int = 64, num_slot
             for start in range(0, n, batch_size):
                 batch = data.batch(slice(start, min(start + batch_size, n)))
                 out = model(batch["image"], num_slots=num_slots, num_iters=num_iters)
-                per_scene["fg_ari"].append(metrics.fg_ari(batch["masks"], out["masks"]))
+                background = getattr(data, "num_background", 1)  # Objects Room: 4 background masks
+                per_scene["fg_ari"].append(metrics.fg_ari(batch["masks"], out["masks"], num_background=background))
                 per_scene["ari"].append(metrics.ari(batch["masks"], out["masks"]))
-                per_scene["mbo"].append(metrics.mbo(batch["masks"], out["masks"]))
+                per_scene["mbo"].append(metrics.mbo(batch["masks"], out["masks"], num_background=background))
                 per_scene["mse"].append(metrics.mse(batch["image"], out["recon"]))
     finally:
         model.train(was_training)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from slotlab.checkpoint import load_checkpoint
 from slotlab.config import ExperimentConfig, apply_overrides
-from slotlab.data import SceneSet, build_splits, load_cache, read_meta, write_cache
-from slotlab.data.multi_object import LAYOUTS, read_multi_object
+from slotlab.data import SceneSet, build_splits, write_cache
 from slotlab.evaluate import evaluate, format_metrics
 from slotlab.experiments import get_experiment
 from slotlab.models import SlotAttentionAutoEncoder
@@ -17,8 +16,13 @@ from slotlab.models import SlotAttentionAutoEncoder
 log = logging.getLogger(__name__)
 
 
-def train_run(experiment: str, workdir: Path, overrides: list[str], resume: bool, progress: bool = True) -> dict:
-    """``slotlab train``: a new run from a preset (+ overrides), or ``resume`` the run in ``workdir``."""
+def train_run(experiment: str, workdir: Path, overrides: list[str], resume: bool, progress: bool = True,
+              data: str | None = None, val_data: str | None = None) -> dict:
+    """``slotlab train``: a new run from a preset (+ overrides), or ``resume`` the run in ``workdir``.
+
+    ``data`` (``--data KIND:PATH`` or ``cache:DIR``) replaces the built-in training split; validation is
+    ``val_data`` or the held-out scenes after the training range (:func:`slotlab.data.specs.training_specs`).
+    """
     from slotlab.train import set_threads, train
 
     workdir = Path(workdir)
@@ -32,7 +36,35 @@ def train_run(experiment: str, workdir: Path, overrides: list[str], resume: bool
     set_threads(cfg.train.num_threads)
     if resume and overrides:
         cfg.save(workdir / "config.json")
-    return train(cfg, workdir, resume=resume, progress=progress)
+    splits = data_splits(workdir, cfg, data, val_data, resume)
+    return train(cfg, workdir, resume=resume, progress=progress, splits=splits)
+
+
+def data_splits(workdir: Path, cfg: ExperimentConfig, data: str | None, val_data: str | None,
+                resume: bool) -> dict[str, SceneSet] | None:
+    """Train and val SceneSets of ``--data`` / ``--val-data`` (None: the preset's built-in data). The specs are
+    kept in ``WORKDIR/data.json`` so that ``--resume`` reads the same data without repeating them."""
+    from slotlab.data.specs import load_scenes, training_specs
+
+    record = Path(workdir) / "data.json"
+    if data is None and resume and record.is_file():
+        data, val_data = (json.loads(record.read_text())[key] for key in ("data", "val_data"))
+    if data is None:
+        if val_data is not None:
+            raise ValueError("--val-data needs --data (the built-in data has its own validation split)")
+        return None
+    if cfg.model.kind != "autoencoder":
+        raise ValueError(f"--data is for object discovery; a {cfg.model.kind} run reads data.name / data.path")
+    if cfg.train.report_test:
+        raise ValueError("train.report_test needs the built-in data; with --data evaluate the test range after "
+                         "training (slotlab eval --data KIND:PATH@test)")
+    train_spec, val_spec = training_specs(data, val_data, cfg.data.val_size)
+    log.info("training on %s, validating on %s", train_spec, val_spec)
+    splits = {"train": load_scenes(train_spec), "val": load_scenes(val_spec)}
+    if not resume and not (Path(workdir) / "checkpoints" / "last.safetensors").is_file():
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"data": data, "val_data": val_data}, indent=2) + "\n")
+    return splits
 
 
 def load_run_config(workdir: Path) -> ExperimentConfig:
@@ -55,18 +87,13 @@ def load_model(workdir: Path, checkpoint: str = "best") -> tuple[SlotAttentionAu
 
 
 def resolve_data(spec: str, cfg: ExperimentConfig) -> SceneSet:
-    """``test`` / ``val`` (the run's built-in splits), ``cache:DIR`` (a generated cache directory) or ``KIND:FILE``
-    (a multi_object_datasets TFRecord, e.g. ``tetrominoes:tetrominoes_train.tfrecords``)."""
+    """``test`` / ``val`` (the run's built-in splits), ``cache:DIR`` (a generated or converted cache directory)
+    or ``KIND:FILE`` (a multi_object_datasets TFRecord, e.g. ``tetrominoes:tetrominoes_train.tfrecords@test``)."""
     if spec in ("test", "val", "train"):
         return build_splits(cfg.data)[spec]
-    kind, sep, path = spec.partition(":")
-    if sep and kind == "cache":
-        meta = read_meta(path)
-        return SceneSet.from_arrays(load_cache(path), meta["num_objects"], name=path)
-    if sep and kind in LAYOUTS:
-        return SceneSet.from_arrays(read_multi_object(kind, path), LAYOUTS[kind][1], name=spec)
-    kinds = sorted(LAYOUTS)
-    raise ValueError(f"--data {spec!r}: expected 'test', 'val', 'cache:DIR' or KIND:FILE with KIND in {kinds}")
+    from slotlab.data.specs import load_scenes
+
+    return load_scenes(spec)  # KIND:PATH[@A:B | @NAME] or cache:DIR[@A:B] (docs/datasets.md)
 
 
 def eval_run(workdir: Path, data: str = "test", checkpoint: str = "best", num_slots: int | None = None,
@@ -79,6 +106,20 @@ def eval_run(workdir: Path, data: str = "test", checkpoint: str = "best", num_sl
     result = evaluate(model, scenes, batch_size=batch_size, num_slots=num_slots, num_iters=num_iters,
                       seed=cfg.train.seed, limit=limit)
     return {**result, "data": data, "checkpoint": checkpoint}
+
+
+def convert_data(spec: str, out: Path, start: int | None = None, stop: int | None = None,
+                 progress: bool = True) -> Path:
+    """``slotlab data convert KIND:PATH --out DIR``: records [start, stop) (or the spec's range) to a cache dir."""
+    from slotlab.data.convert import convert_tfrecord
+    from slotlab.data.specs import parse_data_spec
+
+    parsed = parse_data_spec(spec)
+    if parsed.kind in ("cache", "clevr"):
+        raise ValueError(f"data convert {spec!r}: expected a TFRecord spec KIND:FILE, not {parsed.kind}:")
+    start = parsed.start if start is None else start
+    stop = parsed.stop if stop is None else stop
+    return convert_tfrecord(parsed.kind, parsed.path, out, start, stop, progress=progress)
 
 
 def generate_data(name: str, out: Path, num: int, seed: int, start: int = 0) -> Path:

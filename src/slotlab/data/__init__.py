@@ -35,12 +35,16 @@ def default_cache_root() -> Path:
 
 @dataclass
 class SceneSet:
-    """A split held in memory: ``images`` uint8 (N, 3, H, W), ``labels`` uint8 (N, H, W), ``num_objects`` G."""
+    """A split held in memory: ``images`` uint8 (N, 3, H, W), ``labels`` uint8 (N, H, W), ``num_objects`` G.
+
+    Labels below ``num_background`` are background (1; Objects Room: 4), which FG-ARI and mBO leave out.
+    """
 
     images: Tensor
     labels: Tensor
     num_objects: int
     name: str = ""
+    num_background: int = 1
 
     def __post_init__(self) -> None:
         if len(self.images) == 0:
@@ -48,10 +52,10 @@ class SceneSet:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], num_objects: int, name: str = "",
-                    start: int = 0, stop: int | None = None) -> SceneSet:
+                    start: int = 0, stop: int | None = None, num_background: int = 1) -> SceneSet:
         images = torch.from_numpy(np.array(arrays["image"][start:stop])).permute(0, 3, 1, 2)
         labels = torch.from_numpy(np.array(arrays["labels"][start:stop]))
-        return cls(images.contiguous(), labels, num_objects, name)
+        return cls(images.contiguous(), labels, num_objects, name, num_background)
 
     def __len__(self) -> int:
         return len(self.images)
