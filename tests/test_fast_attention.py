@@ -108,6 +108,16 @@ def test_fast_without_grad_matches_and_input_mask_falls_back():
     assert sa(x, slots=s0, input_mask=mask)["attn"][:, :, 15:].abs().max() == 0
 
 
+def test_autocast_takes_the_plain_path():
+    sa = make()
+    x, s0 = torch.randn(2, 20, 12), torch.randn(2, 4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = sa(x, slots=s0)["slots"]
+        sa.fast = False
+        plain = sa(x, slots=s0)["slots"]
+    assert torch.equal(fast, plain)
+
+
 def test_fast_double_backward_raises():
     sa = make()
     x = torch.randn(2, 10, 12, requires_grad=True)

@@ -41,8 +41,9 @@ class SlotAttention(nn.Module):
         slot_init: "random" (the paper: mu + sigma * noise, shared by all slots) or "learned" (one learned initial
             vector per slot, as BO-QSA, Jia et al. 2023: breaks the symmetry between slots; K is then fixed).
         fast: use the fast path (:mod:`slotlab.fast_attention`: same mathematics, k and v never built, a
-            hand-written backward; no double backward) whenever the call allows it (no ``input_mask``). False runs
-            the plain path, the reference the parity tests compare against. Also settable as an attribute.
+            hand-written backward; no double backward) whenever the call allows it (no ``input_mask``, no
+            autocast). False runs the plain path, the reference the parity tests compare against. Also settable
+            as an attribute.
     """
 
     def __init__(
@@ -137,7 +138,7 @@ class SlotAttention(nn.Module):
         init_slots = slots
 
         inputs = self.norm_inputs(inputs)
-        if self.fast and input_mask is None:
+        if self.fast and input_mask is None and not torch.is_autocast_enabled(inputs.device.type):
             slots, attns = fast_iterations(self, inputs, slots, num_iters)
             return {"slots": slots, "attn": attns[:, -1], "attns": attns, "init_slots": init_slots}
         k = self.to_k(inputs) * self.scale  # (B, N, D); scaling k equals scaling q, and is done once, not T times
