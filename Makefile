@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean tf
 
 .venv/installed: pyproject.toml
 	python3 -m venv .venv
@@ -14,6 +14,13 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 demo: .venv/installed
 	.venv/bin/slotlab demo --workdir runs/demo
+
+# TensorFlow for `slotlab convert official-tf` and its parity test (CI runs it; `make test` skips it without TF).
+# tf-keras (Keras 2, which wrote the official checkpoints) is installed without its dependencies: it asks for the
+# full `tensorflow` package, which would be a second copy beside tensorflow-cpu.
+tf: .venv/installed
+	$(PY) -m pip install --quiet -e ".[test,tf]"
+	$(PY) -m pip install --quiet --no-deps tf-keras==2.21.0
 
 test: .venv/installed
 	$(PY) -m pytest -q

@@ -8,6 +8,7 @@
     slotlab demo  [--workdir DIR]
     slotlab experiments
     slotlab bench module [--threads 1 2] [--rounds R] [--shapes clevr6 ... | BxNxDxK ...]
+    slotlab convert official-tf CHECKPOINT_DIR --out DIR [--task discovery|set]
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--shapes", nargs="+", default=["clevr6", "multi_dsprites", "tetrominoes", "set_prediction"],
                     help="preset names or BxNxDxK (e.g. 8x16384x64x7)")
     bm.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+
+    c = sub.add_parser("convert", help="convert released checkpoints into a slotlab run directory")
+    csub = c.add_subparsers(dest="convert_command", required=True)
+    o = csub.add_parser("official-tf", help="google-research/slot_attention TF2 checkpoints (needs slotlab[tf])")
+    o.add_argument("checkpoint", type=Path, help="checkpoint directory (latest ckpt-N) or prefix DIR/ckpt-N")
+    o.add_argument("--out", required=True, type=Path, help="run directory to write (eval/viz --workdir)")
+    o.add_argument("--task", choices=["discovery", "set"], default=None, help="default: detect from the variables")
+    o.add_argument("--num-slots", type=int, default=None, help="K (not stored in checkpoints; official 7 / 10)")
+    o.add_argument("--resolution", type=int, default=128, help="image size (not stored in checkpoints)")
     return p
 
 
@@ -154,6 +164,12 @@ def _dispatch(args) -> int:
     if args.command == "demo":
         report = runs.demo(args.workdir, args.experiment, args.overrides, args.resume)
         print(f"demo done: open {report}")
+        return 0
+    if args.command == "convert":
+        from slotlab.official_tf import convert_official_tf
+
+        out = convert_official_tf(args.checkpoint, args.out, args.task, args.num_slots, args.resolution)
+        print(f"wrote {out}: evaluate with `slotlab eval --workdir {out}`")
         return 0
     raise ValueError(f"unknown command {args.command}")
 
