@@ -1,9 +1,10 @@
 import os
 
-import pytest
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp, or it has no effect
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -5,10 +5,17 @@ The few names most users need::
     from slotlab import SlotAttention, SlotAttentionAutoEncoder, get_experiment, metrics
 """
 
-from slotlab import metrics
-from slotlab.experiments import get_experiment
-from slotlab.models import SlotAttentionAutoEncoder
-from slotlab.slot_attention import SlotAttention
+import os
+
+# OpenMP threads that spin at barriers collapse when another process holds a core (measured: 25x slower at 2
+# threads); passive waiting avoids it. libgomp reads this when torch loads it, so it must be set before the first
+# `import torch`: here, because `slotlab.cli` (the console script) imports this package, and with it torch, first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from slotlab import metrics  # noqa: E402
+from slotlab.experiments import get_experiment  # noqa: E402
+from slotlab.models import SlotAttentionAutoEncoder  # noqa: E402
+from slotlab.slot_attention import SlotAttention  # noqa: E402
 
 __all__ = ["SlotAttention", "SlotAttentionAutoEncoder", "get_experiment", "metrics"]
 __version__ = "0.1.0"
