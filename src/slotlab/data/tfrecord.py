@@ -44,52 +44,72 @@ def _crc32c_bytewise(data: bytes) -> int:
 def crc32c(data: bytes) -> int:
     """CRC-32C (Castagnoli), the checksum TFRecord uses.
 
-    Long inputs (a CLEVR-with-masks record is ~3.4 MB) use a NumPy version: the CRC register update is linear over
-    GF(2), so the data is cut into M equal lanes whose CRCs are computed side by side (one vectorised table lookup
-    per byte position) and then folded together; ~50x faster than the byte loop, identical results (tested).
+    Inputs of 64 bytes or more use a NumPy version built on linearity over GF(2): from a zero start register, the
+    CRC of a block is the XOR of each byte's own contribution, looked up in a (B, 256) table by position and value;
+    block CRCs are then folded pairwise (shifting the left one past B * 2**level zero bytes, again by table
+    lookups). Identical results to the byte loop (tested), ~100x faster on a CLEVR-with-masks record.
     """
-    if len(data) < 4096:
+    if len(data) < 64:
         return _crc32c_bytewise(data)
-    return _crc32c_lanes(data)
+    return _crc32c_blocks(data)
 
 
-def _apply(columns: np.ndarray, states: np.ndarray) -> np.ndarray:
-    """Apply the GF(2) 32x32 matrix given by its ``columns`` (32,) uint32 to each of ``states`` (M,) uint32."""
-    out = np.zeros_like(states)
-    for bit in range(32):
-        out ^= np.where((states >> np.uint32(bit)) & np.uint32(1), columns[bit], np.uint32(0))
+_BLOCK = 512  # bytes per block of the position table
+
+
+def _zero_byte(states: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Feed one zero byte to raw CRC registers ``states`` (any shape, uint32)."""
+    return table[states & np.uint32(0xFF)] ^ (states >> np.uint32(8))
+
+
+@functools.lru_cache(maxsize=1)
+def _position_table() -> np.ndarray:
+    """(B, 256) uint32: the CRC (zero start) of a B-byte block holding only byte value v at position i."""
+    table = np.asarray(_crc32c_table(), dtype=np.uint32)
+    rows = [table]  # the last position: one table step, then no more bytes
+    for _ in range(_BLOCK - 1):
+        rows.append(_zero_byte(rows[-1], table))  # one more zero byte after it
+    return np.stack(rows[::-1])
+
+
+def _byte_basis() -> np.ndarray:
+    """(4, 256) uint32: value v in byte k of a register."""
+    return np.arange(256, dtype=np.uint32)[None, :] << (np.uint32(8) * np.arange(4, dtype=np.uint32)[:, None])
+
+
+@functools.lru_cache(maxsize=64)
+def _shift_operator(level: int) -> np.ndarray:
+    """(4, 256) uint32 byte tables of "feed B * 2**level zero bytes": op(s) = XOR_k tables[k, byte k of s]."""
+    if level == 0:
+        table = np.asarray(_crc32c_table(), dtype=np.uint32)
+        states = _byte_basis()
+        for _ in range(_BLOCK):
+            states = _zero_byte(states, table)
+        return states
+    half = _shift_operator(level - 1)
+    return _apply_shift(half, half)  # op(op(basis)): twice as many zero bytes
+
+
+def _apply_shift(operator: np.ndarray, states: np.ndarray) -> np.ndarray:
+    out = operator[0][states & np.uint32(0xFF)]
+    for k in range(1, 4):
+        out = out ^ operator[k][(states >> np.uint32(8 * k)) & np.uint32(0xFF)]
     return out
 
 
-@functools.lru_cache(maxsize=32)
-def _zeros_operators(lane: int, levels: int) -> list[np.ndarray]:
-    """Columns (32,) uint32 of the linear maps "feed lane * 2**i zero bytes" on the raw CRC register, i < levels."""
-    table = np.asarray(_crc32c_table(), dtype=np.uint32)
-    states = np.uint32(1) << np.arange(32, dtype=np.uint32)
-    for _ in range(lane):
-        states = table[states & np.uint32(0xFF)] ^ (states >> np.uint32(8))
-    operators = [states]
-    for _ in range(levels - 1):
-        operators.append(_apply(operators[-1], operators[-1]))  # twice as many zero bytes
-    return operators
-
-
-def _crc32c_lanes(data: bytes) -> int:
-    table = np.asarray(_crc32c_table(), dtype=np.uint32)
-    buf = np.frombuffer(data, dtype=np.uint8).copy()
-    buf[:4] ^= 0xFF  # the initial register 0xFFFFFFFF is the same as xoring it into the first 4 bytes
-    lane = 1 << max(6, (len(buf).bit_length() + 1) // 2)  # ~sqrt(n) bytes per lane
-    num_lanes = -(-len(buf) // lane)
-    num_lanes = 1 << (num_lanes - 1).bit_length()  # a power of two, for the pairwise folding below
-    padded = np.zeros(num_lanes * lane, dtype=np.uint8)
-    padded[-len(buf):] = buf  # leading zeros leave a zero register unchanged
-    lanes = padded.reshape(num_lanes, lane)  # (M, L)
-    states = np.zeros(num_lanes, dtype=np.uint32)
-    for j in range(lane):
-        states = table[(states ^ lanes[:, j]) & np.uint32(0xFF)] ^ (states >> np.uint32(8))
-    # fold neighbours: crc(A || B) = zeros_len(B)(crc(A)) ^ crc(B) for a zero start register
-    for shift in _zeros_operators(lane, num_lanes.bit_length() - 1):
-        states = _apply(shift, states[0::2]) ^ states[1::2]
+def _crc32c_blocks(data: bytes) -> int:
+    buf = np.frombuffer(data, dtype=np.uint8)
+    num_blocks = 1 << (-(-len(buf) // _BLOCK) - 1).bit_length()  # a power of two, for the pairwise folding
+    padded = np.zeros(num_blocks * _BLOCK, dtype=np.uint8)
+    padded[len(padded) - len(buf) :] = buf  # leading zeros leave a zero register unchanged
+    padded[len(padded) - len(buf) : len(padded) - len(buf) + 4] ^= 0xFF  # start register 0xFFFFFFFF, moved into data
+    blocks = padded.reshape(num_blocks, _BLOCK)  # (num_blocks, B)
+    contributions = _position_table()[np.arange(_BLOCK), blocks]  # (num_blocks, B) uint32
+    states = np.bitwise_xor.reduce(contributions, axis=1)  # (num_blocks,) each block's CRC from a zero register
+    level = 0
+    while len(states) > 1:  # crc(A || B) = shift_len(B)(crc(A)) ^ crc(B), from a zero register
+        states = _apply_shift(_shift_operator(level), states[0::2]) ^ states[1::2]
+        level += 1
     return int(states[0]) ^ 0xFFFFFFFF
 
 
