@@ -8,6 +8,8 @@ with ``slotlab convert official-tf`` and compare outputs from the same image and
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from slotlab.cli import main
 from slotlab.official_tf import SUFFIX, CheckpointMismatchError, convert, find_checkpoint, model_mapping
 from slotlab.slot_attention import SlotAttention
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: no start-up log lines
 TOL = 1e-4
 SIZES = dict(channels=16, slot_size=24, mlp_hidden_size=32)  # distinct sizes catch swapped dimensions
 

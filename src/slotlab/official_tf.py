@@ -22,6 +22,7 @@ TensorFlow is imported only by :func:`read_tf_checkpoint`; everything else works
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def find_checkpoint(path: str | Path) -> str:
 def read_tf_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
     """All variables of a TF2 checkpoint but the optimizer's: ({object-graph name: array}, checkpoint prefix)."""
     prefix = find_checkpoint(path)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up log lines are noise here
     try:
         import tensorflow as tf
     except ImportError as err:
