@@ -331,3 +331,31 @@ def test_truncated_file_names_the_record(tmp_path):
     (tmp_path / "gz.tfrecords").write_bytes(gzip.compress(raw)[:-30])  # the GZIP stream itself cut short
     with pytest.raises(TFRecordError, match=r"gz.tfrecords: (cannot decompress|truncated) .*record 2"):
         read_multi_object("tetrominoes", tmp_path / "gz.tfrecords")
+
+
+def test_real_clevr_with_masks_scenes_through_the_protocol(tmp_path):
+    """The two real CLEVR-with-masks scenes (exported as PNG) packed in the official record layout."""
+    folder = REAL.parent / "clevr_with_masks_png"
+    if not folder.is_dir():
+        pytest.skip("real sample not present")
+    from PIL import Image
+
+    records, objects = [], []
+    for i in range(2):
+        image = np.asarray(Image.open(folder / f"CLEVR_image_{i}.png"))[..., ::-1]  # the PNGs hold BGR
+        mask = np.stack([np.asarray(Image.open(folder / f"CLEVR_mask_{i}_{k}.png")) for k in range(11)])[..., None]
+        visibility = mask.reshape(11, -1).any(1).astype(np.float32)
+        objects.append(int(visibility[1:].sum()))
+        floats = {name: np.zeros(11, np.float32) for name in ("x", "y", "z", "rotation")}
+        codes = {name: (visibility > 0).astype(np.uint8) for name in ("size", "material", "shape", "color")}
+        records.append(encode_example({"image": np.ascontiguousarray(image), "mask": mask, **floats,
+                                       "pixel_coords": np.zeros((11, 3), np.float32), "visibility": visibility,
+                                       **codes}))
+    write_records(tmp_path / "c.tfrecords", records)
+    assert objects == [7, 8]
+    scenes = resolve_data(f"clevr_with_masks:{tmp_path / 'c.tfrecords'}", get_experiment("tiny"))
+    assert scenes.images.shape == (2, 3, 128, 128) and scenes.num_objects == 11
+    # the crop (rows 29:221, cols 64:256) cuts objects 4 and 6 of scene 0 out entirely; the rest survive the resize
+    assert [np.unique(scenes.labels[i].numpy()).tolist() for i in range(2)] == [[0, 1, 2, 3, 5, 7], list(range(9))]
+    with pytest.raises(TFRecordError, match="no scenes of clevr6"):  # both have more than 6 objects
+        read_multi_object("clevr6", tmp_path / "c.tfrecords")

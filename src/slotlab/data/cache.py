@@ -9,6 +9,9 @@ Format (version 1), one directory per dataset::
     <dir>/visibility.npy   float32 (N, G)
     <dir>/<factor>.npy     float32 (N, G) or (N, G, C), row 0 = background
 
+Directories converted from real files (``slotlab data convert``, slotlab.data.convert) add ``"num_background"``
+(leading label values that are background; 1 when absent) and ``"source"`` to meta.json, with ``"seed": null``.
+
 Directories are written under a temporary name next to the target and renamed into place, so a reader never sees
 a half-written cache. Arrays are loaded memory-mapped, so a 60k-scene cache costs no RAM until items are read.
 """

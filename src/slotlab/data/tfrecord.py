@@ -45,16 +45,16 @@ def crc32c(data: bytes) -> int:
     """CRC-32C (Castagnoli), the checksum TFRecord uses.
 
     Inputs of 64 bytes or more use a NumPy version built on linearity over GF(2): from a zero start register, the
-    CRC of a block is the XOR of each byte's own contribution, looked up in a (B, 256) table by position and value;
+    CRC of a block is the XOR of each byte's own contribution, looked up in a (B * 256) table by position and value;
     block CRCs are then folded pairwise (shifting the left one past B * 2**level zero bytes, again by table
-    lookups). Identical results to the byte loop (tested), ~100x faster on a CLEVR-with-masks record.
+    lookups). Identical results to the byte loop (tested), ~30x faster on a 3.4 MB CLEVR-with-masks record.
     """
     if len(data) < 64:
         return _crc32c_bytewise(data)
     return _crc32c_blocks(data)
 
 
-_BLOCK = 512  # bytes per block of the position table
+_BLOCK = 256  # bytes per block: (position, value) then fits a uint16 index into the position table
 
 
 def _zero_byte(states: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -64,12 +64,12 @@ def _zero_byte(states: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _position_table() -> np.ndarray:
-    """(B, 256) uint32: the CRC (zero start) of a B-byte block holding only byte value v at position i."""
+    """(B * 256,) uint32, entry ``i * 256 + v``: the CRC (zero start) of a B-byte block holding only v at i."""
     table = np.asarray(_crc32c_table(), dtype=np.uint32)
     rows = [table]  # the last position: one table step, then no more bytes
     for _ in range(_BLOCK - 1):
         rows.append(_zero_byte(rows[-1], table))  # one more zero byte after it
-    return np.stack(rows[::-1])
+    return np.stack(rows[::-1]).ravel()
 
 
 def _byte_basis() -> np.ndarray:
@@ -99,15 +99,18 @@ def _apply_shift(operator: np.ndarray, states: np.ndarray) -> np.ndarray:
 
 def _crc32c_blocks(data: bytes) -> int:
     buf = np.frombuffer(data, dtype=np.uint8)
-    num_blocks = 1 << (-(-len(buf) // _BLOCK) - 1).bit_length()  # a power of two, for the pairwise folding
+    num_blocks = -(-len(buf) // _BLOCK)
     padded = np.zeros(num_blocks * _BLOCK, dtype=np.uint8)
-    padded[len(padded) - len(buf) :] = buf  # leading zeros leave a zero register unchanged
-    padded[len(padded) - len(buf) : len(padded) - len(buf) + 4] ^= 0xFF  # start register 0xFFFFFFFF, moved into data
-    blocks = padded.reshape(num_blocks, _BLOCK)  # (num_blocks, B)
-    contributions = _position_table()[np.arange(_BLOCK), blocks]  # (num_blocks, B) uint32
-    states = np.bitwise_xor.reduce(contributions, axis=1)  # (num_blocks,) each block's CRC from a zero register
+    first = len(padded) - len(buf)
+    padded[first:] = buf  # leading zeros leave a zero register unchanged
+    padded[first : first + 4] ^= 0xFF  # the start register 0xFFFFFFFF, moved into the first 4 data bytes
+    index = padded.reshape(num_blocks, _BLOCK).astype(np.uint16)  # (num_blocks, B)
+    index |= np.arange(_BLOCK, dtype=np.uint16) << np.uint16(8)  # position * 256 + value
+    states = np.bitwise_xor.reduce(np.take(_position_table(), index), axis=1)  # (num_blocks,) from a zero register
     level = 0
     while len(states) > 1:  # crc(A || B) = shift_len(B)(crc(A)) ^ crc(B), from a zero register
+        if len(states) % 2:
+            states = np.concatenate([np.zeros(1, np.uint32), states])  # a leading zero block changes nothing
         states = _apply_shift(_shift_operator(level), states[0::2]) ^ states[1::2]
         level += 1
     return int(states[0]) ^ 0xFFFFFFFF
