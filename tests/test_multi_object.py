@@ -1,6 +1,7 @@
 import dataclasses
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -264,13 +265,18 @@ def test_convert_objects_room_keeps_num_background(tmp_path):
     assert resolve_data(f"cache:{tmp_path / 'c'}", get_experiment("tiny")).num_background == 4
 
 
-def test_train_and_eval_on_tfrecord_data_from_the_cli(tmp_path, capsys):
+def test_train_and_eval_on_tfrecord_data_from_the_cli(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
     records, _ = official_tetrominoes_records(12)
     write_records(tmp_path / "t.tfrecords", records)
     run, data = tmp_path / "run", f"tetrominoes:{tmp_path / 't.tfrecords'}"
     assert main(["train", "--experiment", "tiny", "--workdir", str(run), "--no-progress", "--data", f"{data}@0:8",
                  "--set", "data.val_size=2"]) == 0
     assert json.loads((run / "data.json").read_text())["data"] == f"{data}@0:8"
+    (run / "data.json").write_text(json.dumps({"data": f"{data}@0:4", "val_data": f"{data}@4:5"}))
+    assert main(["train", "--experiment", "tiny", "--workdir", str(run), "--no-progress", "--resume",
+                 "--set", "train.steps=5"]) == 0  # --resume reads the specs from data.json
+    assert f"training on {data}@0:4, validating on {data}@4:5" in caplog.text
     assert main(["eval", "--workdir", str(run), "--data", f"{data}@10:12"]) == 0
     out = capsys.readouterr().out
     assert "FG-ARI" in out and "(2 scenes)" in out
