@@ -11,6 +11,7 @@ def make(**kw):
     defaults = dict(num_slots=4, input_dim=12, slot_dim=16, num_iters=3, mlp_hidden_dim=32)
     defaults.update(kw)
     sa = SlotAttention(**defaults)
+    sa.fast_min_inputs = 0  # the fast path even on these tiny inputs
     with torch.no_grad():  # perturb every parameter so biases and LayerNorm affine terms matter
         for p in sa.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -108,6 +109,14 @@ def test_fast_without_grad_matches_and_input_mask_falls_back():
     assert sa(x, slots=s0, input_mask=mask)["attn"][:, :, 15:].abs().max() == 0
 
 
+def test_tiny_inputs_take_the_plain_path():
+    sa = make()
+    sa.fast_min_inputs = 41
+    x = torch.randn(2, 20, 12, requires_grad=True)
+    assert sa(x)["slots"].grad_fn.name() != "_SlotIterationsBackward"
+    assert sa(torch.randn(3, 20, 12, requires_grad=True))["slots"].grad_fn.name() == "_SlotIterationsBackward"
+
+
 def test_autocast_takes_the_plain_path():
     sa = make()
     x, s0 = torch.randn(2, 20, 12), torch.randn(2, 4, 16)
@@ -116,6 +125,20 @@ def test_autocast_takes_the_plain_path():
         sa.fast = False
         plain = sa(x, slots=s0)["slots"]
     assert torch.equal(fast, plain)
+
+
+def test_fast_backward_twice_with_retain_graph():
+    sa = make()
+    x, s0 = torch.randn(2, 20, 12), torch.randn(2, 4, 16)
+    grads = []
+    for fast in (True, False):
+        sa.fast = fast
+        sa.zero_grad()
+        loss = attn_loss(sa(x, slots=s0))
+        loss.backward(retain_graph=True)
+        loss.backward()
+        grads.append(sa.to_v.weight.grad)
+    assert_close_grad(grads[0], grads[1], "to_v.weight")
 
 
 def test_fast_double_backward_raises():
@@ -137,6 +160,7 @@ def test_fast_from_lucidrains_parity():
             p.add_(0.1 * torch.randn_like(p))
     ours = SlotAttention.from_lucidrains(theirs)
     assert ours.fast
+    ours.fast_min_inputs = 0
     x = torch.randn(3, 50, 32, requires_grad=True)
     torch.manual_seed(7)
     expected = theirs(x)

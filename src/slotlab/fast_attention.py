@@ -10,7 +10,8 @@ Three exact rewrites (x = LayerNorm(inputs), (B, N, Din); a = softmax over slots
    updates_j = sum_n (a_nj + eps) v_n / sum_n (a_nj + eps) = ((a^T v)_j + eps v_sum) / (s_j + N eps):
    neither a + eps nor the renormalised attention is materialised.
 3. **A hand-written backward** (``_SlotIterations``): the N-sized products are done by hand; everything small
-   (LayerNorm + q projection on the slots, GRU, MLP: (B*K, D)-sized) is re-run under autograd, which is cheap. The
+   (LayerNorm + q projection on the slots, GRU, MLP: (B*K, D)-sized) is recorded by autograd in the forward, from
+   detached leaves, and differentiated with ``torch.autograd.grad`` in the backward. The
    gradient for x is *deferred*: instead of 2T skinny products each added into dx, one product at the end,
    dx = [ddots_1..T ; a_1..T ; 1]^T (B, N, 2TK+1) @ [q'_1..T ; dY_1..T ; d(sum_n x_n)] (B, 2TK+1, Din).
    The (B, 2TK+1, N) buffer is allocated in the forward: the attention is written into its middle rows, the
@@ -64,31 +65,37 @@ def attention(x: Tensor, q_x: Tensor, offset: Tensor | None) -> Tensor:
 
 def iterate(sa: nn.Module, x: Tensor, slots: Tensor, num_iters: int, buf: Tensor | None = None,
             saved: dict | None = None) -> tuple[Tensor, Tensor]:
-    """T iterations without autograd; x (B, N, Din), slots (B, K, D) -> slots (B, K, D), attns (B, T, K, N).
+    """T iterations, the N-sized work without autograd; x (B, N, Din), slots (B, K, D) -> slots, attns (B, T, K, N).
 
-    With ``buf`` (B, 2TK+1, N) the attention of iteration t is written to rows [TK + tK, TK + (t+1)K), and
-    ``saved`` collects what the backward needs.
+    With ``buf`` (B, 2TK+1, N) the attention of iteration t is written to rows [TK + tK, TK + (t+1)K). With
+    ``saved``, the small parts (queries; weighted mean, GRU, MLP) are recorded as autograd graphs from leaf inputs,
+    one pair per iteration, which the backward differentiates (so they are not re-run there).
     """
     B, N, _ = x.shape
     K = slots.shape[1]
+    record = saved is not None
     x_sum = x.sum(dim=1)  # (B, Din)
-    if saved is not None:
-        saved["x_sum"] = x_sum
+    if record:
+        saved["x_sum"] = x_sum.requires_grad_()
     attns = []
     for t in range(num_iters):
-        q_x, offset = queries(sa, slots)
-        a = attention(x, q_x, offset)  # (B, K, N)
-        attn_x = torch.bmm(a, x)  # (B, K, Din)
-        attn_sum = a.sum(dim=-1)  # (B, K)
-        if saved is not None:
-            saved["slots"].append(slots)
-            saved["attn_x"].append(attn_x)
-            saved["attn_sum"].append(attn_sum)
+        if record:
+            slots = slots.detach().requires_grad_()
+        with torch.set_grad_enabled(record):
+            q_x, offset = queries(sa, slots)  # (B, K, Din), (B, K)
+        with torch.no_grad():
+            a = attention(x, q_x, offset)  # (B, K, N)
+            attn_x = torch.bmm(a, x)  # (B, K, Din)
+            attn_sum = a.sum(dim=-1)  # (B, K)
         if buf is not None:
             buf[:, (num_iters + t) * K:(num_iters + t + 1) * K] = a
         attns.append(a)
-        slots = update(sa, attn_x, attn_sum, x_sum, N, slots)
-    return slots, torch.stack(attns, dim=1)
+        with torch.set_grad_enabled(record):
+            new_slots = update(sa, attn_x.requires_grad_(record), attn_sum.requires_grad_(record), x_sum, N, slots)
+        if record:
+            saved["steps"].append((slots, q_x, offset, attn_x, attn_sum, new_slots))
+        slots = new_slots
+    return slots.detach(), torch.stack(attns, dim=1)
 
 
 class _SlotIterations(torch.autograd.Function):
@@ -100,11 +107,12 @@ class _SlotIterations(torch.autograd.Function):
         K = slots.shape[1]
         width = 2 * num_iters * K + 1
         buf = x.new_empty(B, width, N)  # [logit grads (backward) ; attention ; ones]
-        saved = {"slots": [], "attn_x": [], "attn_sum": []}
+        saved = {"steps": []}
         slots_out, attns = iterate(sa, x, slots, num_iters, buf, saved)
-        ctx.sa, ctx.num_iters, ctx.implicit_grad, ctx.saved = sa, num_iters, implicit_grad, saved
+        ctx.num_iters, ctx.implicit_grad, ctx.saved = num_iters, implicit_grad, saved
         ctx.params = params
-        ctx.save_for_backward(x, buf)
+        ctx.save_for_backward(x)
+        ctx.buf = buf  # not save_for_backward: the backward rewrites its gradient rows (fully, on every call)
         ctx.set_materialize_grads(False)
         return slots_out, attns
 
@@ -112,28 +120,24 @@ class _SlotIterations(torch.autograd.Function):
     def backward(ctx, d_slots, d_attns):
         if torch.is_grad_enabled():  # create_graph=True: the hand-written backward is not itself differentiable
             raise RuntimeError("SlotAttention's fast path has no double backward; use SlotAttention(fast=False)")
-        x, buf = ctx.saved_tensors
-        sa, T, saved, params = ctx.sa, ctx.num_iters, ctx.saved, ctx.params
-        B, N, Din = x.shape
-        K = saved["slots"][0].shape[1]
+        (x,), buf = ctx.saved_tensors, ctx.buf
+        T, saved, params = ctx.num_iters, ctx.saved, ctx.params
+        B, _, Din = x.shape
+        K = saved["steps"][0][0].shape[1]
         need_x = ctx.needs_input_grad[3]
         live = [i for i, p in enumerate(params) if ctx.needs_input_grad[5 + i]]
         live_params = [params[i] for i in live]
         d_params: list[Tensor | None] = [None] * len(params)
         rows = x.new_zeros(B, 2 * T * K + 1, Din)  # [q'_1..T ; dY_1..T ; d x_sum]
-        x_sum = saved["x_sum"].detach().requires_grad_()  # (B, Din), a leaf of the small graphs
+        x_sum = saved["x_sum"]  # (B, Din), a leaf of the small graphs
         for t in reversed(range(T)):
-            slots_t = saved["slots"][t].detach().requires_grad_()
+            slots_t, q_x, offset, attn_x, attn_sum, out = saved["steps"][t]  # leaves and outputs of the graphs
             a = buf[:, (T + t) * K:(T + t + 1) * K]  # (B, K, N)
             d_a = None if d_attns is None else d_attns[:, t]  # (B, K, N)
             d_slots_t = None
             if d_slots is not None:  # through the update: GRU, MLP, weighted mean
-                attn_x = saved["attn_x"][t].detach().requires_grad_()
-                attn_sum = saved["attn_sum"][t].detach().requires_grad_()
-                with torch.enable_grad():
-                    out = update(sa, attn_x, attn_sum, x_sum, N, slots_t)
                 grads = torch.autograd.grad(out, [attn_x, attn_sum, x_sum, slots_t, *live_params], d_slots,
-                                            allow_unused=True)
+                                            allow_unused=True, retain_graph=True)
                 d_attn_x, d_attn_sum, d_slots_t = grads[0], grads[1], grads[3]
                 _accumulate(d_params, live, grads[4:])
                 if grads[2] is not None:
@@ -147,15 +151,14 @@ class _SlotIterations(torch.autograd.Function):
             else:  # softmax backward over slots, then the logits' gradients
                 d_logits = torch._softmax_backward_data(d_a, a, 1, a.dtype)  # (B, K, N)
                 buf[:, t * K:(t + 1) * K] = d_logits
-                with torch.enable_grad():
-                    q_x, offset = queries(sa, slots_t)
                 rows[:, t * K:(t + 1) * K] = q_x.detach()
                 d_q_x = torch.bmm(d_logits, x)  # (B, K, Din)
                 outs, grads_out = [q_x], [d_q_x]
                 if offset is not None:
                     outs.append(offset)
                     grads_out.append(d_logits.sum(dim=-1))  # (B, K)
-                grads = torch.autograd.grad(outs, [slots_t, *live_params], grads_out, allow_unused=True)
+                grads = torch.autograd.grad(outs, [slots_t, *live_params], grads_out, allow_unused=True,
+                                            retain_graph=True)  # a second backward (retain_graph) needs them
                 _accumulate(d_params, live, grads[1:])
                 d_slots_t = grads[0] if d_slots_t is None else d_slots_t + grads[0]
             d_slots = None if (ctx.implicit_grad and t == T - 1) else d_slots_t

@@ -42,8 +42,9 @@ class SlotAttention(nn.Module):
             vector per slot, as BO-QSA, Jia et al. 2023: breaks the symmetry between slots; K is then fixed).
         fast: use the fast path (:mod:`slotlab.fast_attention`: same mathematics, k and v never built, a
             hand-written backward; no double backward) whenever the call allows it (no ``input_mask``, no
-            autocast). False runs the plain path, the reference the parity tests compare against. Also settable
-            as an attribute.
+            autocast) and has at least ``fast_min_inputs`` = 2048 inputs B*N (below that, per-call overhead makes
+            it slower than the plain path). False runs the plain path, the reference the parity tests compare
+            against. Both are attributes too.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class SlotAttention(nn.Module):
         self.eps = eps
         self.implicit_grad = implicit_grad
         self.fast = fast
+        self.fast_min_inputs = 2048  # B*N; measured break-even of the fast path on a 2-core CPU (docs/performance.md)
         self.check_finite = True  # models that validate their own inputs turn this per-call check off
         self.scale = slot_dim**-0.5
 
@@ -138,7 +140,7 @@ class SlotAttention(nn.Module):
         init_slots = slots
 
         inputs = self.norm_inputs(inputs)
-        if self.fast and input_mask is None and not torch.is_autocast_enabled(inputs.device.type):
+        if self._use_fast(inputs, input_mask):
             slots, attns = fast_iterations(self, inputs, slots, num_iters)
             return {"slots": slots, "attn": attns[:, -1], "attns": attns, "init_slots": init_slots}
         k = self.to_k(inputs) * self.scale  # (B, N, D); scaling k equals scaling q, and is done once, not T times
@@ -152,6 +154,10 @@ class SlotAttention(nn.Module):
             slots, attn = self.step(slots, k, v, keep)
             attns.append(attn)
         return {"slots": slots, "attn": attns[-1], "attns": torch.stack(attns, dim=1), "init_slots": init_slots}
+
+    def _use_fast(self, inputs: Tensor, input_mask: Tensor | None) -> bool:
+        return (self.fast and input_mask is None and inputs.shape[0] * inputs.shape[1] >= self.fast_min_inputs
+                and not torch.is_autocast_enabled(inputs.device.type))
 
     def step(self, slots: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One iteration: (B, K, D) slots, (B, N, D) scaled keys and values -> new slots, attention (B, K, N)."""
