@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--val-data", default=None, metavar="SPEC",
                    help="validation data (default: the data.val_size scenes after the training range)")
 
-    e = sub.add_parser("eval", help="evaluate a trained run: FG-ARI, ARI, mBO, MSE")
+    e = sub.add_parser("eval", help="evaluate a trained run: FG-ARI, ARI, mBO, MSE (set prediction: AP table)")
     e.add_argument("--workdir", required=True, type=Path)
     e.add_argument("--data", default="test",
                    help="test or val (the run's built-in splits), cache:DIR, or KIND:FILE[@A:B|@test|@test320] "
@@ -142,9 +142,9 @@ def _dispatch(args) -> int:
     if args.command == "eval":
         result = runs.eval_run(args.workdir, args.data, args.checkpoint, args.num_slots, args.num_iters,
                                args.batch_size, args.limit)
-        from slotlab.evaluate import format_metrics
+        from slotlab.evaluate import format_metrics, format_set_metrics
 
-        print(format_metrics(result))
+        print(format_set_metrics(result) if "ap_inf" in result else format_metrics(result))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2) + "\n")

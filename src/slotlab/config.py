@@ -17,7 +17,7 @@ from pathlib import Path
 
 @dataclass
 class ModelConfig:
-    kind: str = "autoencoder"  # "autoencoder" (object discovery)
+    kind: str = "autoencoder"  # "autoencoder" (object discovery) or "set_prediction"
     resolution: int = 128  # input and output images are resolution x resolution
     num_slots: int = 7  # K
     num_iters: int = 3  # T
@@ -44,16 +44,20 @@ class ModelConfig:
     mask_source: str = "decoder"  # alpha masks from the decoder's 4th channel (paper), "attention", or
     #                               "decoder+attention": softmax(decoder logits + w * log attention) (slotlab)
     mask_prior_steps: int = 0  # decoder+attention: w falls linearly from 1 to 0 over these steps (0 = w stays 1)
+    head_hidden_dim: int = 64  # set prediction: hidden size of the per-slot property MLP
+    head_positions: bool = False  # set prediction: the head also sees each slot's attention centroid (slotlab)
+    set_layout: str = "clevr"  # set prediction: target layout ("clevr": P=19, "sprites": P=14; set_layout.py)
 
 
 @dataclass
 class DataConfig:
-    name: str = "tetrominoes"  # built-in generator: "tetrominoes" or "multi_dsprites"
+    name: str = "tetrominoes"  # built-in: "tetrominoes", "multi_dsprites", "sprites_set"; on disk: "clevr"
     seed: int = 0  # generator seed; scene i depends only on (seed, i)
     train_size: int = 60_000  # scenes [0, train_size) train ...
     val_size: int = 320  # ... the next val_size pick the checkpoint and draw the curves ...
     test_size: int = 320  # ... and the next test_size are only for the final report
     cache_dir: str = ""  # where generated data is cached ("" = ~/.cache/slotlab)
+    path: str = ""  # real datasets read from disk (e.g. name="clevr": the CLEVR_v1.0 directory)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Evaluation of an object-discovery model: FG-ARI, ARI (background included), mBO and MSE on a split.
+"""Evaluation on a split: object discovery (FG-ARI, ARI with background, mBO, MSE) and set prediction (AP).
 
 Slot Attention draws fresh initial slots on every call, so evaluation is stochastic; we fix the draw with
 ``seed`` (in a forked RNG, leaving the caller's random state untouched) so that numbers are reproducible.
@@ -49,3 +49,38 @@ def format_metrics(result: dict[str, float]) -> str:
     """One human-readable line: FG-ARI, ARI, mBO (percent) and MSE."""
     return (f"FG-ARI {100 * result['fg_ari']:.1f}  ARI {100 * result['ari']:.1f}  mBO {100 * result['mbo']:.1f}  "
             f"MSE {result['mse']:.5f}  ({int(result['num_scenes'])} scenes)")
+
+
+@torch.no_grad()
+def evaluate_set(model: nn.Module, data, *, batch_size: int = 64, num_slots: int | None = None,
+                 num_iters: int | None = None, seed: int = 0, limit: int | None = None) -> dict[str, float]:
+    """Set prediction on ``data`` (a SetScenes): AP at the paper's five thresholds and the mean Hungarian loss."""
+    from slotlab.losses import hungarian_huber_loss
+    from slotlab.set_layout import get_layout
+
+    was_training = model.training
+    model.eval()
+    n = len(data) if limit is None else min(limit, len(data))
+    preds, targets, losses = [], [], []
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, n, batch_size):
+                batch = data.batch(slice(start, min(start + batch_size, n)))
+                pred = model(batch["image"], num_slots=num_slots, num_iters=num_iters)["pred"]
+                losses.append(hungarian_huber_loss(pred, batch["target"]).item() * len(pred))
+                preds.append(pred)
+                targets.append(batch["target"])
+    finally:
+        model.train(was_training)
+    result: dict[str, float] = {"num_scenes": n, "loss": sum(losses) / n}
+    result.update(metrics.average_precisions(torch.cat(preds), torch.cat(targets), get_layout(data.layout)))
+    result["ap_mean"] = sum(v for k, v in result.items() if k.startswith("ap_")) / len(metrics.AP_THRESHOLDS)
+    return result
+
+
+def format_set_metrics(result: dict[str, float]) -> str:
+    """One line: AP (percent) at each threshold and the loss."""
+    aps = "  ".join(f"AP{key[3:]} {100 * result[key]:.1f}" for key in
+                    ("ap_inf", "ap_1", "ap_0.5", "ap_0.25", "ap_0.125"))
+    return f"{aps}  loss {result['loss']:.4f}  ({int(result['num_scenes'])} scenes)"

@@ -1,4 +1,4 @@
-"""Segmentation metrics: ARI, FG-ARI and mean best overlap (mBO). Pure, batched, float64 functions.
+"""Metrics as pure float64 functions: segmentation (ARI, FG-ARI, mean best overlap) and set prediction (AP).
 
 Conventions (the multi_object_datasets ones):
 - ``true_masks``: (B, G, H, W) one-hot ground truth, index 0 = background (Objects Room: indices 0-3).
@@ -15,8 +15,13 @@ labelled pixels has no defined ARI and gives NaN (aggregate with ``nanmean``).
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
+
+from slotlab.set_layout import CLEVR_LAYOUT, SetLayout
 
 
 def _prepare(true_masks: Tensor, pred_masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,3 +103,96 @@ def mbo(true_masks: Tensor, pred_masks: Tensor, num_background: int = 1) -> Tens
 def mse(image: Tensor, recon: Tensor) -> Tensor:
     """Per-image mean squared error in the model's [-1, 1] range: (B,) float64."""
     return ((image.detach().double() - recon.detach().double()) ** 2).flatten(1).mean(1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Set prediction
+
+
+AP_THRESHOLDS = (None, 1.0, 0.5, 0.25, 0.125)  # the paper's distance thresholds; None = infinity
+
+
+def average_precision(pred, target, threshold: float | None = None, layout: SetLayout = CLEVR_LAYOUT) -> float:
+    """Average precision of set predictions at a distance threshold, as the official ``average_precision_clevr``.
+
+    pred: (B, K, P) predictions, target: (B, M, P) targets (rows with flag 0 are padding), NumPy or torch, in the
+    layout ``layout`` (default: CLEVR's 19 columns; see :mod:`slotlab.set_layout`). ``threshold``: a distance in
+    the layout's original units (CLEVR: [-3, 3]); ``None`` or ``-1`` means infinity (attributes only).
+
+    The procedure (SPEC.md section 3):
+    1. all B*K predictions, ordered by confidence (the flag column) from high to low (ties keep their order);
+    2. each prediction's classes are the argmax of every categorical block; among the *real* targets of the same
+       scene whose classes **all** match, take the nearest (Euclidean distance of the coordinates times
+       ``layout.coord_scale``); no fallback to the second nearest;
+    3. a true positive iff that distance is strictly below the threshold and that target is not yet claimed;
+       otherwise a false positive;
+    4. precision/recall over the ranked list (recall over all real targets), then VOC all-point interpolation:
+       recall 0 and 1 appended with precision 0, precision made non-increasing from the right, summed over the
+       points where recall changes.
+    Returns a float in [0, 1]. Raises ValueError on wrong shapes, non-finite predictions or no real target.
+    """
+    pred, target = _set_arrays(pred, target, layout)
+    if threshold is None or threshold == -1:
+        limit = math.inf
+    elif isinstance(threshold, (int, float)) and threshold > 0:
+        limit = float(threshold)
+    else:
+        raise ValueError(f"threshold must be > 0, or None / -1 for infinity; got {threshold!r}")
+    B, K, _ = pred.shape
+    real = target[..., layout.flag] > 0.5  # (B, M)
+    num_real = int(real.sum())
+    if num_real == 0:
+        raise ValueError("average_precision: the targets hold no real object (flag column all 0); AP is undefined")
+    a, b = layout.coords
+    pred_classes = np.stack([pred[..., s:e].argmax(-1) for _, s, e, _ in layout.blocks], -1)  # (B, K, A)
+    true_classes = np.stack([target[..., s:e].argmax(-1) for _, s, e, _ in layout.blocks], -1)  # (B, M, A)
+    order = np.argsort(-pred[..., layout.flag].reshape(-1), kind="stable")  # (B*K,) most confident first
+    claimed = np.zeros(real.shape, dtype=bool)  # (B, M)
+    hit = np.zeros(len(order), dtype=bool)
+    for rank, flat in enumerate(order):
+        scene, k = divmod(int(flat), K)
+        same = real[scene] & (true_classes[scene] == pred_classes[scene, k]).all(-1)  # (M,)
+        if not same.any():
+            continue
+        distance = np.linalg.norm((target[scene, :, a:b] - pred[scene, k, a:b]) * layout.coord_scale, axis=-1)
+        best = int(np.where(same, distance, np.inf).argmin())
+        if distance[best] < limit and not claimed[scene, best]:
+            claimed[scene, best] = True
+            hit[rank] = True
+    tp = np.cumsum(hit)
+    fp = np.cumsum(~hit)
+    return _voc_ap(tp / num_real, tp / np.maximum(tp + fp, 1))
+
+
+def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """All-point interpolated AP from a ranked list's recall and precision (VOC style)."""
+    recall = np.concatenate([[0.0], recall, [1.0]])
+    precision = np.concatenate([[0.0], precision, [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # non-increasing from the right
+    changes = np.flatnonzero(recall[1:] != recall[:-1]) + 1
+    return float(np.sum((recall[changes] - recall[changes - 1]) * precision[changes]))
+
+
+def _set_arrays(pred, target, layout: SetLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert to float64 NumPy (B, K, P) and (B, M, P)."""
+    pred = (pred.detach().cpu().double().numpy() if isinstance(pred, Tensor) else np.asarray(pred, np.float64))
+    target = (target.detach().cpu().double().numpy() if isinstance(target, Tensor)
+              else np.asarray(target, np.float64))
+    P = layout.width
+    if pred.ndim != 3 or pred.shape[-1] != P:
+        raise ValueError(f"pred must be (B, K, {P}) in the {layout.name} layout, got {pred.shape}")
+    if target.ndim != 3 or target.shape[-1] != P or target.shape[0] != pred.shape[0]:
+        raise ValueError(f"target must be (B={pred.shape[0]}, M, {P}) in the {layout.name} layout, "
+                         f"got {target.shape}")
+    if not np.isfinite(pred).all():
+        raise ValueError("pred contains NaN or Inf")
+    if not np.isfinite(target).all():
+        raise ValueError("target contains NaN or Inf")
+    return pred, target
+
+
+def average_precisions(pred, target, layout: SetLayout = CLEVR_LAYOUT) -> dict[str, float]:
+    """AP at the paper's five thresholds: keys ``ap_inf``, ``ap_1``, ``ap_0.5``, ``ap_0.25``, ``ap_0.125``."""
+    pred, target = _set_arrays(pred, target, layout)
+    return {f"ap_{'inf' if t is None else f'{t:g}'}": average_precision(pred, target, t, layout)
+            for t in AP_THRESHOLDS}

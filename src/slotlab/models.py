@@ -2,6 +2,8 @@
 
 - :class:`SlotAttentionAutoEncoder` — unsupervised object discovery (paper section 3 / official ``model.py``):
   encoder -> Slot Attention -> spatial-broadcast decoder -> masks softmaxed across slots -> recomposed image.
+- :class:`SetPredictor` — supervised set prediction (paper section 4 / official ``SlotAttentionClassifier``):
+  strided encoder -> Slot Attention -> per-slot MLP with sigmoid outputs (object properties).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from torch import Tensor, nn
 
 from slotlab.config import ModelConfig
 from slotlab.invariant import InvariantSlotAttention
-from slotlab.modules import BroadcastDecoder, Encoder, MLPDecoder, UpsampleBroadcastDecoder, slot_frames
+from slotlab.modules import BroadcastDecoder, Encoder, MLPDecoder, UpsampleBroadcastDecoder, keras_init_, slot_frames
+from slotlab.set_layout import get_layout
 from slotlab.slot_attention import SlotAttention
 
 
@@ -93,6 +96,55 @@ class SlotAttentionAutoEncoder(nn.Module):
             prior = attn.reshape(logits.shape).clamp(min=1e-6).log()
             return (logits + self.mask_prior_weight * prior).softmax(dim=1)
         return logits.softmax(dim=1)  # the paper: alpha masks compete across slots
+
+
+class SetPredictor(nn.Module):
+    """Set prediction: each slot predicts one object's properties (or zeros for "no object").
+
+    forward(image (B, 3, H, W) in [-1, 1]) returns ``pred`` (B, K, P) in [0, 1] (sigmoid; column ``layout.flag`` is
+    the confidence), ``slots`` (B, K, D), ``attn`` (B, K, N) and ``attns`` (B, T, K, N). P comes from
+    ``cfg.set_layout`` (CLEVR: 19). The official model: 5x5 convs with strides 1, 2, 2, 1 (128 -> 32x32 features),
+    position embedding, LayerNorm + MLP, Slot Attention (K=10, T=3), then Dense(64, ReLU), Dense(19, sigmoid).
+    ``head_positions`` (not in the paper) also gives the head each slot's attention centroid (2 numbers).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layout = get_layout(cfg.set_layout)
+        if cfg.attention != "slot":
+            raise ValueError(f"set prediction supports model.attention='slot' only, got {cfg.attention!r}")
+        self.encoder = Encoder((cfg.resolution, cfg.resolution), cfg.encoder_channels, tuple(cfg.encoder_strides),
+                               kernel_size=cfg.encoder_kernel, mlp_dim=cfg.encoder_mlp_dim)
+        self.slot_attention = SlotAttention(
+            cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters, cfg.mlp_hidden_dim,
+            implicit_grad=cfg.implicit_grad, slot_init=cfg.slot_init,
+        )
+        self.slot_attention.check_finite = False  # the image is checked here
+        head_in = cfg.slot_dim + (2 if cfg.head_positions else 0)
+        self.head = keras_init_(nn.Sequential(nn.Linear(head_in, cfg.head_hidden_dim), nn.ReLU(),
+                                              nn.Linear(cfg.head_hidden_dim, self.layout.width)))
+
+    def forward(self, image: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
+                slots: Tensor | None = None) -> dict[str, Tensor]:
+        check_image(image, self.cfg.resolution)
+        features = self.encoder(image)  # (B, N, C)
+        sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
+        head_in = sa["slots"]  # (B, K, D)
+        if self.cfg.head_positions:  # slotlab option: each slot's attention centroid, in [0, 1], beside the slot
+            centers, _ = slot_frames(sa["attn"], self.encoder.feature_resolution)  # (B, K, 2) in [-1, 1]
+            head_in = torch.cat([head_in, (centers + 1) / 2], dim=-1)  # (B, K, D + 2)
+        pred = torch.sigmoid(self.head(head_in))  # (B, K, P)
+        return {"pred": pred, "slots": sa["slots"], "attn": sa["attn"], "attns": sa["attns"]}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model named by ``cfg.kind``."""
+    if cfg.kind == "autoencoder":
+        return SlotAttentionAutoEncoder(cfg)
+    if cfg.kind == "set_prediction":
+        return SetPredictor(cfg)
+    raise ValueError(f"unknown model.kind {cfg.kind!r}; expected 'autoencoder' or 'set_prediction'")
 
 
 def validate_model_config(cfg: ModelConfig) -> None:

@@ -6,12 +6,15 @@ import json
 import logging
 from pathlib import Path
 
+import torch
+
 from slotlab.checkpoint import load_checkpoint
 from slotlab.config import ExperimentConfig, apply_overrides
 from slotlab.data import SceneSet, build_splits, write_cache
-from slotlab.evaluate import evaluate, format_metrics
+from slotlab.evaluate import format_metrics
 from slotlab.experiments import get_experiment
-from slotlab.models import SlotAttentionAutoEncoder
+from slotlab.models import build_model
+from slotlab.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +77,13 @@ def load_run_config(workdir: Path) -> ExperimentConfig:
     return ExperimentConfig.load(workdir / "config.json")
 
 
-def load_model(workdir: Path, checkpoint: str = "best") -> tuple[SlotAttentionAutoEncoder, ExperimentConfig]:
+def load_model(workdir: Path, checkpoint: str = "best") -> tuple[torch.nn.Module, ExperimentConfig]:
     """The run's model with the weights of ``checkpoints/<checkpoint>.safetensors`` (falls back to last)."""
     cfg = load_run_config(workdir)
     path = Path(workdir) / "checkpoints" / f"{checkpoint}.safetensors"
     if not path.is_file():
         path = Path(workdir) / "checkpoints" / "last.safetensors"
-    model = SlotAttentionAutoEncoder(cfg.model)
+    model = build_model(cfg.model)
     load_checkpoint(path, model)
     model.eval()
     return model, cfg
@@ -100,10 +103,17 @@ def eval_run(workdir: Path, data: str = "test", checkpoint: str = "best", num_sl
              num_iters: int | None = None, batch_size: int = 64, limit: int | None = None) -> dict:
     """``slotlab eval``: metrics of the run's model on ``data``."""
     model, cfg = load_model(workdir, checkpoint)
-    scenes = resolve_data(data, cfg)
+    task = get_task(cfg)
+    if task.name == "set_prediction":
+        if data not in ("test", "val", "train"):
+            raise ValueError(f"--data {data!r}: a set-prediction run evaluates on 'test', 'val' or 'train' (its "
+                             "data config names the dataset)")
+        scenes = task.build_splits(cfg.data)[data]
+    else:
+        scenes = resolve_data(data, cfg)
     if scenes.resolution != cfg.model.resolution:
         raise ValueError(f"--data {data}: images are {scenes.resolution}px, the model expects {cfg.model.resolution}")
-    result = evaluate(model, scenes, batch_size=batch_size, num_slots=num_slots, num_iters=num_iters,
+    result = task.evaluate(model, scenes, batch_size=batch_size, num_slots=num_slots, num_iters=num_iters,
                       seed=cfg.train.seed, limit=limit)
     return {**result, "data": data, "checkpoint": checkpoint}
 
@@ -138,9 +148,15 @@ def viz_run(workdir: Path, out: Path, num_scenes: int = 6, checkpoint: str = "be
     from slotlab.viz import save_attention_figure, save_scene_figure
 
     model, cfg = load_model(workdir, checkpoint)
-    scenes = build_splits(cfg.data)["test"]
+    task = get_task(cfg)
+    scenes = task.build_splits(cfg.data)["test"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if task.name == "set_prediction":
+        from slotlab.viz import save_set_figure
+
+        save_set_figure(model, scenes, out, num_scenes, seed=cfg.train.seed)
+        return out
     save_scene_figure(model, scenes, out, num_scenes, seed=cfg.train.seed)
     save_attention_figure(model, scenes, out.with_name(out.stem + "_attention" + out.suffix), seed=cfg.train.seed)
     return out

@@ -1,4 +1,5 @@
-"""Training loop for object discovery: reads top to bottom (build, then a loop: lr, step, log, eval, checkpoint).
+"""Training loop for both tasks (object discovery, set prediction): reads top to bottom (build, then a loop: lr,
+step, log, eval, checkpoint). What differs between the tasks (model, data, loss, metrics) comes from ``tasks.py``.
 
 A run directory holds::
 
@@ -6,7 +7,7 @@ A run directory holds::
     metrics.jsonl                one JSON object per line: {"kind": "train" | "val", "step", "train_seconds", ...}
     tb/                          TensorBoard event files (the same scalars)
     checkpoints/last.safetensors the latest state (weights, Adam state, step, RNG), written atomically
-    checkpoints/best.safetensors the weights with the best validation score so far (``train.select_metric``)
+    checkpoints/best.safetensors the weights with the best validation score so far (the task's select_metric)
 
 ``--resume`` continues from ``last.safetensors`` with the same data order, RNG and time budget, so a killed run
 loses at most ``checkpoint_every`` steps.
@@ -18,7 +19,9 @@ import json
 import logging
 import math
 import os
+import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -26,13 +29,10 @@ from tqdm import tqdm
 
 from slotlab.checkpoint import load_checkpoint, save_checkpoint
 from slotlab.config import ExperimentConfig
-from slotlab.data import SceneSet, build_splits
-from slotlab.evaluate import evaluate, format_metrics
-from slotlab.models import SlotAttentionAutoEncoder, set_step
+from slotlab.models import set_step
+from slotlab.tasks import get_task
 
 log = logging.getLogger(__name__)
-
-SELECT_METRIC = "fg_ari"  # validation score that picks best.safetensors (higher is better)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,7 +76,7 @@ def prepare_workdir(workdir: Path, cfg: ExperimentConfig, resume: bool) -> Path 
 
 
 def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, progress: bool = True,
-          splits: dict[str, SceneSet] | None = None) -> dict:
+          splits: dict | None = None) -> dict:
     """Train ``cfg`` in ``workdir``; return the final validation metrics (with ``step`` and ``train_seconds``)."""
     workdir = Path(workdir)
     tc = cfg.train
@@ -85,11 +85,12 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     torch.manual_seed(tc.seed)
 
     # ---- build -------------------------------------------------------------------------------------------------
-    splits = splits or build_splits(cfg.data)
+    task = get_task(cfg)
+    splits = splits or task.build_splits(cfg.data)
     train_set, val_set = splits["train"], splits["val"]
     if train_set.resolution != cfg.model.resolution:
         raise ValueError(f"data is {train_set.resolution}px but model.resolution={cfg.model.resolution}")
-    model = SlotAttentionAutoEncoder(cfg.model)
+    model = task.build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.0, eps=tc.adam_eps)
     step, train_seconds, best = 0, 0.0, -math.inf
     if resume_from is not None:
@@ -99,6 +100,9 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         log.info("resumed from %s at step %d (%.1f min trained)", resume_from, step, train_seconds / 60)
 
+    # TensorBoard imports all of TensorFlow when it is installed (seconds, and GBs of address space) just to write
+    # event files; the marker module "tensorboard.compat.notf" makes it use its own small TF stub instead.
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(workdir / "tb"))
@@ -121,14 +125,14 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     def validate() -> dict:
         nonlocal best, last_eval_step
         last_eval_step = step
-        result = evaluate(model, val_set, batch_size=max(tc.batch_size, 32), seed=tc.seed)
+        result = task.evaluate(model, val_set, batch_size=max(tc.batch_size, 32), seed=tc.seed)
         record("val", result)
-        bar.write(f"step {step:6d}  {train_seconds / 60:5.1f} min  val {format_metrics(result)}")
-        if result[SELECT_METRIC] > best:
-            best = result[SELECT_METRIC]
+        bar.write(f"step {step:6d}  {train_seconds / 60:5.1f} min  val {task.format(result)}")
+        if result[task.select_metric] > best:
+            best = result[task.select_metric]
             checkpoint("best", with_optimizer=False)
         if tc.report_test:  # logged for learning curves only; the checkpoint is chosen on validation above
-            record("test", evaluate(model, splits["test"], batch_size=max(tc.batch_size, 32), seed=tc.seed))
+            record("test", task.evaluate(model, splits["test"], batch_size=max(tc.batch_size, 32), seed=tc.seed))
         return result
 
     # ---- loop --------------------------------------------------------------------------------------------------
@@ -150,9 +154,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
                 group["lr"] = lr
             set_step(model, step)
             # step
-            image = train_set.batch(batch_indices(step, tc.seed, tc.batch_size, len(train_set)), False)["image"]
-            out = model(image)
-            loss = torch.nn.functional.mse_loss(out["recon"], image)
+            batch = task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set)))
+            loss = task.loss(model(batch["image"]), batch)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at step {step}; stopped. The last good checkpoint is kept at "

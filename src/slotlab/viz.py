@@ -1,9 +1,10 @@
-"""Pictures of an object-discovery model: what it sees, reconstructs, and how its slots divide the scene.
+"""Pictures of a model: what it sees, reconstructs, and how its slots divide the scene (or which objects it names).
 
 - :func:`save_scene_figure`: per scene, the input, the reconstruction, each slot's reconstruction x mask, and the
   argmax segmentation beside the ground truth.
 - :func:`save_attention_figure`: one scene's attention of every slot at every Slot Attention iteration.
 - :func:`save_curves`: validation FG-ARI, ARI and mBO (and the training loss) against training minutes.
+- :func:`save_set_figure`: set prediction: true versus predicted objects, drawn on the image and listed.
 """
 
 from __future__ import annotations
@@ -123,4 +124,56 @@ def save_curves(workdir: Path, out: Path) -> None:
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def describe_object(row: Tensor, layout) -> str:
+    """One target or prediction row -> e.g. "large red heart (0.31, 0.72)" (classes by argmax)."""
+    a, b = layout.coords
+    names = [block_names[int(row[s:e].argmax())] for _, s, e, block_names in layout.blocks]
+    coords = ", ".join(f"{float(v):.2f}" for v in row[a:b])
+    return f"{' '.join(names)} ({coords})"
+
+
+def save_set_figure(model: nn.Module, scenes, out: Path, num_scenes: int = 6, seed: int = 0,
+                    min_confidence: float = 0.5) -> None:
+    """Rows = scenes: the image with true (circles) and predicted (crosses) object centres when the layout's
+    coordinates are image positions, and beside it each true object next to the prediction matched to it
+    (Hungarian, as in the loss); predictions with confidence below ``min_confidence`` are listed as "none"."""
+    from slotlab.losses import pad_targets, pairwise_huber
+    from slotlab.matching import hungarian_match
+    from slotlab.set_layout import get_layout
+
+    layout = get_layout(scenes.layout)
+    n = min(num_scenes, len(scenes))
+    batch = scenes.batch(slice(0, n))
+    pred = _run(model, batch["image"], seed)["pred"]  # (n, K, P)
+    target = pad_targets(batch["target"], pred.shape[1])  # (n, K, P)
+    match = hungarian_match(pairwise_huber(pred, target))  # (n, K): slot of each target row
+    fig, axes = plt.subplots(n, 2, figsize=(9, 2.2 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 3]})
+    for i in range(n):
+        image = _rgb(batch["image"][i])
+        H, W = image.shape[:2]
+        ax = axes[i, 0]
+        ax.imshow(image.numpy())
+        ax.set_axis_off()
+        lines = []
+        for row in range(target.shape[1]):
+            t, p = target[i, row], pred[i, match[i, row]]
+            real, confident = bool(t[layout.flag] > 0.5), bool(p[layout.flag] >= min_confidence)
+            if not (real or confident):
+                continue
+            true_text = describe_object(t, layout) if real else "(no object)"
+            pred_text = f"{describe_object(p, layout)} conf {float(p[layout.flag]):.2f}" if confident else "none"
+            lines.append(f"{true_text:38s} -> {pred_text}")
+            if layout.image_coords and real:
+                ax.scatter([float(t[0]) * W - 0.5], [float(t[1]) * H - 0.5], s=90, facecolors="none",
+                           edgecolors="white", linewidths=1.2)
+            if layout.image_coords and confident:
+                ax.scatter([float(p[0]) * W - 0.5], [float(p[1]) * H - 0.5], s=40, marker="x", c="black",
+                           linewidths=1.2)
+        axes[i, 1].set_axis_off()
+        axes[i, 1].text(0, 1, "true -> predicted\n" + "\n".join(lines), va="top", family="monospace", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
     plt.close(fig)

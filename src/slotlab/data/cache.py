@@ -33,6 +33,8 @@ from torch.utils.data import Dataset
 from slotlab.data.multi_dsprites import NUM_OBJECTS as MULTI_DSPRITES_OBJECTS
 from slotlab.data.multi_dsprites import generate_multi_dsprites
 from slotlab.data.shapes import check_generation_args
+from slotlab.data.sprites_set import NUM_OBJECTS as SPRITES_SET_OBJECTS
+from slotlab.data.sprites_set import generate_sprites_set
 from slotlab.data.tetrominoes import NUM_OBJECTS as TETROMINOES_OBJECTS
 from slotlab.data.tetrominoes import generate_tetrominoes
 
@@ -44,6 +46,7 @@ _GENERATION_CHUNK = 4096  # scenes generated and written at a time by get_or_cre
 GENERATORS: dict[str, tuple[Callable[..., dict[str, np.ndarray]], int]] = {
     "tetrominoes": (generate_tetrominoes, TETROMINOES_OBJECTS),
     "multi_dsprites": (generate_multi_dsprites, MULTI_DSPRITES_OBJECTS),
+    "sprites_set": (generate_sprites_set, SPRITES_SET_OBJECTS),
 }
 
 
