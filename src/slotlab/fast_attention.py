@@ -1,6 +1,6 @@
 """The fast path of Slot Attention: the same mathematics as ``SlotAttention.step``, with less work over the N inputs.
 
-Three exact rewrites (x = LayerNorm(inputs), (B, N, Din); a = softmax over slots, (B, N, K)):
+Three exact rewrites (x = LayerNorm(inputs), (B, N, Din); a = softmax over slots, a_nj for input n and slot j):
 
 1. **k and v are never built.** k_n . q_j = x_n . (Wk^T q_j) + bk . q_j, so with q' = scale * q Wk (B, K, Din) and
    c = scale * q bk (B, K) the logits are x q'^T + c; and sum_n a_nj v_n = (a^T x)_j Wv^T + (sum_n a_nj) bv. The two
@@ -11,14 +11,14 @@ Three exact rewrites (x = LayerNorm(inputs), (B, N, Din); a = softmax over slots
    neither a + eps nor the renormalised attention is materialised.
 3. **A hand-written backward** (``_SlotIterations``): the N-sized products are done by hand; everything small
    (LayerNorm + q projection on the slots, GRU, MLP: (B*K, D)-sized) is recorded by autograd in the forward, from
-   detached leaves, and differentiated with ``torch.autograd.grad`` in the backward. The
-   gradient for x is *deferred*: instead of 2T skinny products each added into dx, one product at the end,
+   detached leaves, and differentiated with ``torch.autograd.grad`` in the backward. The gradient for x is
+   *deferred*: instead of 2T skinny products each added into dx, one product at the end,
    dx = [ddots_1..T ; a_1..T ; 1]^T (B, N, 2TK+1) @ [q'_1..T ; dY_1..T ; d(sum_n x_n)] (B, 2TK+1, Din).
    The (B, 2TK+1, N) buffer is allocated in the forward: the attention is written into its middle rows, the
-   backward writes the logit gradients into its first rows.
+   backward writes the logit gradients into its first rows and ones into its last.
 
 Attention is kept as (B, K, N): the softmax over K then runs vectorised along N (a softmax over a last axis of
-size K = 7 is 20x slower on CPU).
+size K = 7 measured more than 20x slower on CPU).
 
 Only x, that buffer and (B, K, *)-sized tensors are kept for the backward. Double backward (``create_graph=True``)
 is not supported and raises; the plain path (``fast=False``) has it.
