@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from slotlab.config import ModelConfig
+from slotlab.fast_paths import recompose
 from slotlab.invariant import InvariantSlotAttention
 from slotlab.modules import BroadcastDecoder, Encoder, MLPDecoder, UpsampleBroadcastDecoder, keras_init_, slot_frames
 from slotlab.set_layout import get_layout
@@ -63,6 +64,7 @@ class SlotAttentionAutoEncoder(nn.Module):
         # weight of the attention prior on the masks (mask_source="decoder+attention"); saved with the weights
         self.register_buffer("mask_prior_weight", torch.tensor(1.0))
         self.decoder = build_decoder(cfg)
+        self.fused_recompose = True  # exact; False = autograd's separate ops (fast_paths.set_fast_paths)
         validate_model_config(cfg)
 
     def forward(self, image: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
@@ -72,8 +74,11 @@ class SlotAttentionAutoEncoder(nn.Module):
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
         out = self.decode(sa)  # (B, K, 4, H, W)
         recons, logits = out[:, :, :3], out[:, :, 3:]  # (B, K, 3, H, W), (B, K, 1, H, W)
-        masks = self.alpha_masks(logits, sa["attn"])  # (B, K, 1, H, W)
-        recon = (recons * masks).sum(dim=1)  # (B, 3, H, W)
+        if self.fused_recompose and self.cfg.mask_source == "decoder":
+            recon, masks = recompose(out)  # the same softmax and sum, one autograd node (fast_paths.py)
+        else:
+            masks = self.alpha_masks(logits, sa["attn"])  # (B, K, 1, H, W)
+            recon = (recons * masks).sum(dim=1)  # (B, 3, H, W)
         return {"recon": recon, "recons": recons, "masks": masks, "slots": sa["slots"], "attn": sa["attn"],
                 "attns": sa["attns"]}
 

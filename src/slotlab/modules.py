@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slotlab.fast_paths import broadcast_gather
+
 
 def keras_init_(module: nn.Module) -> nn.Module:
     """Glorot-uniform weights and zero biases for every Linear/Conv in ``module`` (Keras defaults)."""
@@ -58,13 +60,15 @@ class Encoder(nn.Module):
 
     ``strides`` gives one stride per conv (all 1 for object discovery; 1, 2, 2, 1 for set prediction).
     ``pos_embed=False`` leaves positions out (Invariant Slot Attention adds them relative to each slot instead).
+    ``channels_last`` (an attribute too) runs the convs on NHWC memory: the same mathematics, faster on CPU.
     Strided convs use TF "SAME" padding (1 before, 2 after for 5x5 stride 2) so that official weights load exactly.
     """
 
     def __init__(self, resolution: tuple[int, int], channels: int = 64, strides=(1, 1, 1, 1),
                  kernel_size: int = 5, mlp_dim: int | None = None, in_channels: int = 3,
-                 pos_embed: bool = True) -> None:
+                 pos_embed: bool = True, channels_last: bool = True) -> None:
         super().__init__()
+        self.channels_last = channels_last
         layers: list[nn.Module] = []
         c_in, h, w = in_channels, *resolution
         for s in strides:
@@ -80,6 +84,8 @@ class Encoder(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, N, C) features, N = H' * W'."""
+        if self.channels_last:  # NHWC: oneDNN's direct kernels, no layout reorders; the (B, N, C) set is then a view
+            image = image.contiguous(memory_format=torch.channels_last)
         x = self.pos(self.cnn(image))  # (B, C, H', W')
         x = x.flatten(2).transpose(1, 2)  # (B, N, C)
         return self.mlp(self.norm(x))
@@ -131,7 +137,9 @@ class BroadcastStem(nn.Module):
         for j in range(min(p, W)):
             cols[j] = j
             cols[W - 1 - j] = 2 * p - j if W - 1 - j >= p else cols[W - 1 - j]
-        self.register_buffer("pixel_class", (rows[:, None] * (2 * p + 1) + cols[None, :]).flatten(), persistent=False)
+        pixel_class = (rows[:, None] * (2 * p + 1) + cols[None, :]).flatten()  # (H*W,)
+        self.register_buffer("pixel_class", pixel_class, persistent=False)
+        self.register_buffer("one_hot", F.one_hot(pixel_class, (2 * p + 1) ** 2).float(), persistent=False)
         # tap_mask[class, ky, kx] = 1 where the tap falls inside the image for that class.
         k = kernel_size
         masks = torch.zeros((2 * p + 1) ** 2, k, k)
@@ -151,15 +159,13 @@ class BroadcastStem(nn.Module):
         self.register_buffer("tap_mask", masks, persistent=False)
 
     def forward(self, slots: Tensor) -> Tensor:
-        """(B*K, D) slots -> (B*K, C, H, W) first-layer pre-activations."""
+        """(B*K, D) slots -> (B*K, C, H, W) first-layer pre-activations, in channels-last (NHWC) memory."""
         if min(self.resolution) <= 2 * (self.conv.kernel_size[0] // 2):
             return self.plain(slots)
-        H, W = self.resolution
         kernels = torch.einsum("odyx,nyx->nod", self.conv.weight, self.tap_mask)  # (classes, C, D)
         per_class = torch.einsum("bd,nod->bno", slots, kernels)  # (B*K, classes, C)
-        out = per_class[:, self.pixel_class]  # (B*K, H*W, C)
-        out = out.transpose(1, 2).reshape(slots.shape[0], -1, H, W)  # (B*K, C, H, W)
-        return out + F.conv2d(self.pos.embedding(), self.conv.weight, self.conv.bias, padding=self.conv.padding)
+        pos = F.conv2d(self.pos.embedding(), self.conv.weight, self.conv.bias, padding=self.conv.padding)
+        return broadcast_gather(per_class, pos, self.pixel_class, self.one_hot)  # (B*K, C, H, W) + (1, C, H, W)
 
     def plain(self, slots: Tensor) -> Tensor:
         """The literal formulation: broadcast, add the embedding, convolve. (B*K, D) -> (B*K, C, H, W)."""
@@ -173,14 +179,17 @@ class BroadcastDecoder(nn.Module):
 
     Each slot is broadcast to an (H, W) grid, the position embedding is added, then ``num_layers`` convs of
     ``kernel_size`` with ReLU and a final 3x3 conv to 4 channels (RGB + mask logit). The first layer is computed by
-    :class:`BroadcastStem` (exact, cheaper) unless ``fast_stem=False``.
+    :class:`BroadcastStem` (exact, cheaper) unless ``fast_stem=False``. ``channels_last`` runs the convs on NHWC
+    memory (which the fast stem writes directly) with the ReLUs in place: no oneDNN layout reorders and no extra
+    (B*K, C, H, W) copies, identical mathematics. Both are attributes too (``fast_paths.set_fast_paths``).
     """
 
     def __init__(self, slot_dim: int, resolution: tuple[int, int], channels: int = 32, num_layers: int = 3,
-                 kernel_size: int = 5, fast_stem: bool = True) -> None:
+                 kernel_size: int = 5, fast_stem: bool = True, channels_last: bool = True) -> None:
         super().__init__()
         self.resolution = resolution
         self.fast_stem = fast_stem
+        self.channels_last = channels_last
         self.stem = BroadcastStem(slot_dim, channels, resolution, kernel_size)
         layers: list[nn.Module] = [nn.ReLU()]
         for _ in range(num_layers - 1):
@@ -193,20 +202,27 @@ class BroadcastDecoder(nn.Module):
         B, K, D = slots.shape
         flat = slots.reshape(B * K, D)
         x = self.stem(flat) if self.fast_stem else self.stem.plain(flat)  # (B*K, C, H, W)
-        x = self.body(x)  # (B*K, 4, H, W)
-        return x.reshape(B, K, 4, *self.resolution)
+        if not self.channels_last:
+            x = self.body(x.contiguous())  # (B*K, 4, H, W)
+            return x.reshape(B, K, 4, *self.resolution)
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op after the fast stem
+        for layer in self.body:  # a conv's backward needs its input, not its output: ReLU may overwrite it
+            x = F.relu_(x) if isinstance(layer, nn.ReLU) else layer(x)
+        return x.reshape(B, K, 4, *self.resolution)  # (B, K, 4, H, W), a view of the NHWC output
 
 
 class UpsampleBroadcastDecoder(nn.Module):
     """The official CLEVR decoder: broadcast to 8x8, 4 stride-2 transposed convs (to 128x128), two stride-1.
 
     Transposed convs reproduce TF "SAME" exactly: stride-2 5x5 uses padding 1 and drops the last row/column.
+    ``channels_last`` (an attribute too) runs them on NHWC memory: identical mathematics, no oneDNN reorders.
     """
 
     def __init__(self, slot_dim: int, resolution: tuple[int, int] = (128, 128), channels: int = 64,
-                 broadcast: tuple[int, int] = (8, 8)) -> None:
+                 broadcast: tuple[int, int] = (8, 8), channels_last: bool = True) -> None:
         super().__init__()
         self.broadcast = broadcast
+        self.channels_last = channels_last
         self.pos = SoftPositionEmbed(slot_dim, broadcast)
         h, w = broadcast
         ups: list[nn.Module] = []
@@ -227,9 +243,12 @@ class UpsampleBroadcastDecoder(nn.Module):
         B, K, D = slots.shape
         x = slots.reshape(B * K, D, 1, 1).expand(-1, -1, *self.broadcast)
         x = self.pos(x)  # (B*K, D, 8, 8)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         for up in self.ups:
             x = F.relu(up(x)[..., :-1, :-1])  # TF SAME: keep outputs 0 .. 2H-1
-        x = self.out(F.relu(self.conv5(x)))
+        x = self.conv5(x)
+        x = self.out(F.relu_(x) if self.channels_last else F.relu(x))  # in place: conv5's backward needs only x
         return x.reshape(B, K, 4, *self.resolution)
 
 
