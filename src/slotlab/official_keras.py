@@ -101,22 +101,35 @@ def _encode(model, image):
 
 
 class SlotAttentionAutoEncoder(L.Layer):
-    """Object discovery, SPEC.md section 2a. image (B, H, W, 3) -> dict recon, recons, masks, slots."""
+    """Object discovery, SPEC.md section 2a. image (B, H, W, 3) -> dict recon, recons, masks, slots.
+
+    ``decoder="broadcast"`` (not in the official code; for the speed benchmark of the Multi-dSprites / Tetrominoes
+    models) broadcasts at full resolution: ``decoder_layers`` 5x5 convs with ReLU, then a 3x3 conv to 4 channels.
+    """
 
     def __init__(self, resolution: tuple[int, int], num_slots: int, num_iterations: int, channels: int = 64,
-                 slot_size: int = 64, mlp_hidden_size: int = 128, decoder_initial_size: tuple[int, int] = (8, 8)):
+                 slot_size: int = 64, mlp_hidden_size: int = 128, decoder_initial_size: tuple[int, int] = (8, 8),
+                 decoder: str = "upsample", decoder_layers: int = 3):
         super().__init__()
+        if decoder not in ("upsample", "broadcast"):
+            raise ValueError(f"decoder must be 'upsample' or 'broadcast', got {decoder!r}")
         self.resolution, self.num_slots = resolution, num_slots
-        self.decoder_initial_size = decoder_initial_size
+        self.decoder_initial_size = tuple(resolution) if decoder == "broadcast" else decoder_initial_size
         self.encoder_cnn = _conv_stack(channels, (1, 1, 1, 1), "encoder_cnn")
-        upsamplings = int(np.log2(resolution[0] // decoder_initial_size[0]))
-        self.decoder_cnn = keras.Sequential(
-            [L.Conv2DTranspose(channels, 5, strides=2, padding="SAME", activation="relu") for _ in range(upsamplings)]
-            + [L.Conv2DTranspose(channels, 5, strides=1, padding="SAME", activation="relu"),
-               L.Conv2DTranspose(4, 3, strides=1, padding="SAME", activation=None)],
-            name="decoder_cnn")
+        if decoder == "broadcast":
+            self.decoder_cnn = keras.Sequential(
+                [L.Conv2D(channels, 5, padding="SAME", activation="relu") for _ in range(decoder_layers)]
+                + [L.Conv2D(4, 3, padding="SAME", activation=None)], name="decoder_cnn")
+        else:
+            upsamplings = int(np.log2(resolution[0] // decoder_initial_size[0]))
+            self.decoder_cnn = keras.Sequential(
+                [L.Conv2DTranspose(channels, 5, strides=2, padding="SAME", activation="relu")
+                 for _ in range(upsamplings)]
+                + [L.Conv2DTranspose(channels, 5, strides=1, padding="SAME", activation="relu"),
+                   L.Conv2DTranspose(4, 3, strides=1, padding="SAME", activation=None)],
+                name="decoder_cnn")
         self.encoder_pos = SoftPositionEmbed(channels, resolution)
-        self.decoder_pos = SoftPositionEmbed(slot_size, decoder_initial_size)
+        self.decoder_pos = SoftPositionEmbed(slot_size, self.decoder_initial_size)
         self.layer_norm = L.LayerNormalization()
         self.mlp = keras.Sequential([L.Dense(channels, activation="relu"), L.Dense(channels)], name="feedforward")
         self.slot_attention = SlotAttention(num_iterations, num_slots, slot_size, mlp_hidden_size)
