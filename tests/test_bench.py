@@ -1,7 +1,8 @@
 import pytest
 
-from slotlab import bench
+from slotlab import bench, bench_train
 from slotlab.cli import main
+from slotlab.experiments import get_experiment
 
 
 def test_parse_shape_presets_and_explicit():
@@ -23,3 +24,40 @@ def test_bench_module_cli_prints_a_table(capsys):
     table = capsys.readouterr().out
     for impl in bench.IMPLS:
         assert f"| (2, 16, 8, 3) | {impl} |" in table
+
+
+def _tiny_case(batch: int = 2) -> tuple:
+    cfg = get_experiment("tetrominoes")
+    m = cfg.model
+    m.resolution, m.num_slots, m.slot_dim, m.mlp_hidden_dim = 8, 2, 8, 8
+    m.encoder_channels = m.encoder_mlp_dim = m.decoder_channels = 4
+    return "tiny_broadcast", cfg.to_dict(), batch
+
+
+def test_train_flops_counts_the_plain_decoder_stem():
+    case = bench_train.parse_case("tetrominoes:4", 16)
+    assert case[0] == "tetrominoes" and case[2] == 4
+    cfg = get_experiment("tetrominoes").model
+    stem = 2 * 3 * 35 * 35 * 25 * cfg.slot_dim * cfg.decoder_channels * cfg.num_slots  # per image
+    assert stem < bench_train.train_flops(cfg, 1) < 4 * stem
+    assert bench_train.train_flops(cfg, 4) == 4 * bench_train.train_flops(cfg, 1)
+    with pytest.raises(ValueError, match="NAME:BATCH"):
+        bench_train.parse_case("tetrominoes:x", 16)
+
+
+def test_bench_train_rows_and_table_without_keras():
+    rows = bench_train.time_cases([_tiny_case()], threads=1, rounds=2, keras=False, peak_n=256)
+    assert [r["impl"] for r in rows] == list(bench_train.TRAIN_IMPLS)
+    assert rows[0]["ratio"] == 1.0 and rows[1]["images_per_s"] > 0 and rows[2]["skipped"]
+    table = bench_train.format_train_table(rows)
+    assert "| tiny_broadcast (2) | slotlab plain |" in table
+    assert "| tiny_broadcast (2) | keras official | not run: skipped (--no-keras)" in table
+
+
+def test_bench_train_keras_step_runs():
+    pytest.importorskip("tensorflow", reason="tensorflow not installed")
+    pytest.importorskip("tf_keras", reason="tf_keras not installed")
+    steps, skipped = bench_train.build_steps(_tiny_case(), keras=True)
+    assert not skipped
+    steps["keras official"]()
+    assert bench_train.keras_unsupported(get_experiment("tetrominoes_cpu").model) == "decoder='mlp'"

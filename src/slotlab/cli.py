@@ -8,6 +8,7 @@
     slotlab demo  [--workdir DIR]
     slotlab experiments
     slotlab bench module [--threads 1 2] [--rounds R] [--shapes clevr6 ... | BxNxDxK ...]
+    slotlab bench train [--presets tetrominoes multi_dsprites clevr6:2 ...] [--threads 1 2] [--rounds R] [--batch B]
     slotlab convert official-tf CHECKPOINT_DIR --out DIR [--task discovery|set]
 """
 
@@ -92,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     bm.add_argument("--shapes", nargs="+", default=["clevr6", "multi_dsprites", "tetrominoes", "set_prediction"],
                     help="preset names or BxNxDxK (e.g. 8x16384x64x7)")
     bm.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    bt = bsub.add_parser("train", help="training-step images/s: slotlab / plain formulation / Keras official")
+    bt.add_argument("--presets", nargs="+", default=["tetrominoes", "multi_dsprites", "clevr6:2"],
+                    help="autoencoder presets, NAME or NAME:BATCH (the batch for that preset)")
+    bt.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="threads, one table (subprocess) each")
+    bt.add_argument("--rounds", type=int, default=5, help="interleaved rounds per preset")
+    bt.add_argument("--batch", type=int, default=16, help="batch size of presets given without :BATCH")
+    bt.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    bt.add_argument("--no-keras", action="store_true", help="skip the Keras (TensorFlow) implementation")
 
     c = sub.add_parser("convert", help="convert released checkpoints into a slotlab run directory")
     csub = c.add_subparsers(dest="convert_command", required=True)
@@ -121,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from slotlab import runs
 
+    if args.command == "bench" and args.bench_command == "train":
+        from slotlab import bench_train
+
+        cases = [bench_train.parse_case(spec, args.batch) for spec in args.presets]
+        rows = bench_train.bench_train(cases, args.threads, args.rounds, not args.no_memory, not args.no_keras)
+        print(bench_train.format_train_table(rows))
+        return 0
     if args.command == "bench":
         from slotlab import bench
 
