@@ -85,8 +85,12 @@ class Encoder(nn.Module):
     def forward(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, N, C) features, N = H' * W'."""
         if self.channels_last:  # NHWC: oneDNN's direct kernels, no layout reorders; the (B, N, C) set is then a view
-            image = image.contiguous(memory_format=torch.channels_last)
-        x = self.pos(self.cnn(image))  # (B, C, H', W')
+            x = image.contiguous(memory_format=torch.channels_last)
+            for layer in self.cnn:  # ReLUs in place: a conv's backward needs its input, not its output
+                x = F.relu_(x) if isinstance(layer, nn.ReLU) else layer(x)
+        else:
+            x = self.cnn(image)
+        x = self.pos(x)  # (B, C, H', W')
         x = x.flatten(2).transpose(1, 2)  # (B, N, C)
         return self.mlp(self.norm(x))
 
