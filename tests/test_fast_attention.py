@@ -171,3 +171,20 @@ def test_fast_from_lucidrains_parity():
     (dx_ours,) = torch.autograd.grad(got.square().sum(), x)
     assert (got - expected).abs().max() <= 1e-4
     assert (dx_ours - dx_theirs).abs().max() <= 1e-4 * dx_theirs.abs().max()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_implicit_grad_same_forward_different_gradient(fast):
+    """Implicit differentiation (Chang et al. 2022) changes the backward only: the forward is the default's,
+    bitwise, on both paths; the gradient is that of the last iteration alone, so it differs."""
+    sa = make()
+    x = torch.randn(2, 30, 12)
+    out_d, dx_d, grads_d = run(sa, fast, x, slots_loss)
+    sa.implicit_grad = True
+    out_i, dx_i, grads_i = run(sa, fast, x, slots_loss)
+    assert (out_d["slots"].grad_fn.name() == "_SlotIterationsBackward") == fast  # the path under test ran
+    for key in ("slots", "attn", "attns", "init_slots"):
+        assert torch.equal(out_d[key], out_i[key]), key
+    assert grads_d["slots_mu"] is not None and grads_i["slots_mu"] is None  # the slots are detached before T
+    for name, got, want in [("inputs", dx_i, dx_d), ("to_q.weight", grads_i["to_q.weight"], grads_d["to_q.weight"])]:
+        assert (got - want).abs().max() > 1e-3 * want.abs().max(), name
