@@ -79,6 +79,7 @@ class TrainConfig:
     report_test: bool = False  # also log test-split metrics at each evaluation (for curves; never for selection)
     num_threads: int = 0  # torch threads (0 = all cores)
     num_workers: int = 0  # DataLoader workers
+    precision: str = "fp32"  # "bf16": forward in bf16 autocast; softmaxes, losses, metrics in fp32 (precision.py)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from slotlab.modules import build_grid
+from slotlab.precision import fp32, full_precision
 from slotlab.slot_attention import keras_reset_
 
 
@@ -85,7 +86,7 @@ class InvariantSlotAttention(nn.Module):
             positions = torch.rand(B, K, 2, device=inputs.device, dtype=inputs.dtype) * 2 - 1
 
         x = self.norm_inputs(inputs)
-        k, v = self.to_k(x), self.to_v(x)  # (B, N, D)
+        k, v = self.to_k(x), fp32(self.to_v(x))  # (B, N, D); v in fp32 under autocast, for the weighted mean
         A = self.grid_hidden.weight @ self.grid_proj.weight  # (H, 2): W1 G
         c = self.grid_hidden.weight @ self.grid_proj.bias + self.grid_hidden.bias  # (H,)
         u = self.grid_hidden(k) - self.grid_hidden.bias + self.grid @ A.T + c  # (B, N, H): W1 k_n + A g_n + c
@@ -96,13 +97,14 @@ class InvariantSlotAttention(nn.Module):
             q = self.to_q(self.norm_slots(slots)) * self.scale  # (B, K, D)
             q_h = q @ self.grid_out.weight  # (B, K, H): W2^T q
             logits = torch.einsum("bkh,bknh->bkn", q_h, h) + (q @ self.grid_out.bias)[:, :, None]  # (B, K, N)
-            attn = logits.softmax(dim=1)  # softmax over slots
+            attn = fp32(logits).softmax(dim=1)  # softmax over slots (fp32 under autocast, as what follows)
             attns.append(attn)
             weights = attn + self.eps
             weights = weights / weights.sum(dim=-1, keepdim=True)  # (B, K, N), weighted mean over inputs
-            positions = weights @ self.grid  # (B, K, 2) centre of mass
+            with full_precision(weights):
+                positions = weights @ self.grid  # (B, K, 2) centre of mass
+                updates = weights @ v if round_ < num_iters else None  # (B, K, D)
             if round_ < num_iters:  # the last round only updates the positions
-                updates = weights @ v  # (B, K, D)
                 slots = self.gru(updates.reshape(B * K, -1), slots.reshape(B * K, -1)).reshape(B, K, -1)
                 slots = slots + self.mlp(self.norm_mlp(slots))
         return {"slots": slots, "positions": positions, "attn": attns[-1], "attns": torch.stack(attns, dim=1)}

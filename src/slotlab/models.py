@@ -15,6 +15,7 @@ from slotlab.config import ModelConfig
 from slotlab.fast_paths import recompose
 from slotlab.invariant import InvariantSlotAttention
 from slotlab.modules import BroadcastDecoder, Encoder, MLPDecoder, UpsampleBroadcastDecoder, keras_init_, slot_frames
+from slotlab.precision import fp32
 from slotlab.set_layout import get_layout
 from slotlab.slot_attention import SlotAttention
 
@@ -72,7 +73,7 @@ class SlotAttentionAutoEncoder(nn.Module):
         check_image(image, self.cfg.resolution)
         features = self.encoder(image)  # (B, N, C)
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
-        out = self.decode(sa)  # (B, K, 4, H, W)
+        out = fp32(self.decode(sa))  # (B, K, 4, H, W); fp32 under autocast: mask softmax, recomposition, loss
         recons, logits = out[:, :, :3], out[:, :, 3:]  # (B, K, 3, H, W), (B, K, 1, H, W)
         if self.fused_recompose and self.cfg.mask_source == "decoder":
             recon, masks = recompose(out)  # the same softmax and sum, one autograd node (fast_paths.py)
@@ -139,7 +140,7 @@ class SetPredictor(nn.Module):
         if self.cfg.head_positions:  # slotlab option: each slot's attention centroid, in [0, 1], beside the slot
             centers, _ = slot_frames(sa["attn"], self.encoder.feature_resolution)  # (B, K, 2) in [-1, 1]
             head_in = torch.cat([head_in, (centers + 1) / 2], dim=-1)  # (B, K, D + 2)
-        pred = torch.sigmoid(self.head(head_in))  # (B, K, P)
+        pred = torch.sigmoid(fp32(self.head(head_in)))  # (B, K, P); fp32 under autocast, for the loss and AP
         return {"pred": pred, "slots": sa["slots"], "attn": sa["attn"], "attns": sa["attns"]}
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slotlab.fast_attention import fast_iterations
+from slotlab.precision import fp32, full_precision
 
 
 class SlotAttention(nn.Module):
@@ -144,7 +145,7 @@ class SlotAttention(nn.Module):
             slots, attns = fast_iterations(self, inputs, slots, num_iters)
             return {"slots": slots, "attn": attns[:, -1], "attns": attns, "init_slots": init_slots}
         k = self.to_k(inputs) * self.scale  # (B, N, D); scaling k equals scaling q, and is done once, not T times
-        v = self.to_v(inputs)  # (B, N, D)
+        v = fp32(self.to_v(inputs))  # (B, N, D); fp32 under bf16 autocast, for the weighted mean
         keep = None if input_mask is None else (~input_mask).unsqueeze(1).to(inputs.dtype)  # (B, 1, N)
 
         attns = []
@@ -163,14 +164,16 @@ class SlotAttention(nn.Module):
         """One iteration: (B, K, D) slots, (B, N, D) scaled keys and values -> new slots, attention (B, K, N)."""
         q = self.to_q(self.norm_slots(slots))  # (B, K, D)
         logits = torch.bmm(q, k.transpose(1, 2))  # (B, K, N)
-        attn = logits.softmax(dim=1)  # softmax over slots: slots compete for every input
+        # softmax over slots: slots compete for every input; in fp32 under autocast, as is what follows (precision.py)
+        attn = fp32(logits).softmax(dim=1)
         if keep is not None:
             attn = attn * keep  # padded inputs get no attention
         weights = attn + self.eps
         if keep is not None:
             weights = weights * keep
         weights = weights / weights.sum(dim=-1, keepdim=True)  # weighted mean over the inputs
-        updates = torch.bmm(weights, v)  # (B, K, D)
+        with full_precision(weights):
+            updates = torch.bmm(weights, v)  # (B, K, D)
         return self.refine(updates, slots), attn
 
     def refine(self, updates: Tensor, slots_prev: Tensor) -> Tensor:

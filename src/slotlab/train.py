@@ -30,6 +30,7 @@ from tqdm import tqdm
 from slotlab.checkpoint import load_checkpoint, save_checkpoint
 from slotlab.config import ExperimentConfig
 from slotlab.models import set_step
+from slotlab.precision import autocast, check_precision
 from slotlab.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     """Train ``cfg`` in ``workdir``; return the final validation metrics (with ``step`` and ``train_seconds``)."""
     workdir = Path(workdir)
     tc = cfg.train
+    check_precision(tc.precision)
     resume_from = prepare_workdir(workdir, cfg, resume)
     set_threads(tc.num_threads)
     torch.manual_seed(tc.seed)
@@ -99,6 +101,10 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
         step, train_seconds, best = state["step"], state["train_seconds"], state.get("best", -math.inf)
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         log.info("resumed from %s at step %d (%.1f min trained)", resume_from, step, train_seconds / 60)
+
+    def forward(batch: dict) -> dict:
+        with autocast(tc.precision, batch["image"].device):  # "bf16": mixed precision (precision.py)
+            return model(batch["image"])
 
     # TensorBoard imports all of TensorFlow when it is installed (seconds, and GBs of address space) just to write
     # event files; the marker module "tensorboard.compat.notf" makes it use its own small TF stub instead.
@@ -125,14 +131,16 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     def validate() -> dict:
         nonlocal best, last_eval_step
         last_eval_step = step
-        result = task.evaluate(model, val_set, batch_size=max(tc.batch_size, 32), seed=tc.seed)
+        result = task.evaluate(model, val_set, batch_size=max(tc.batch_size, 32), seed=tc.seed,
+                               precision=tc.precision)
         record("val", result)
         bar.write(f"step {step:6d}  {train_seconds / 60:5.1f} min  val {task.format(result)}")
         if result[task.select_metric] > best:
             best = result[task.select_metric]
             checkpoint("best", with_optimizer=False)
         if tc.report_test:  # logged for learning curves only; the checkpoint is chosen on validation above
-            record("test", task.evaluate(model, splits["test"], batch_size=max(tc.batch_size, 32), seed=tc.seed))
+            record("test", task.evaluate(model, splits["test"], batch_size=max(tc.batch_size, 32), seed=tc.seed,
+                                         precision=tc.precision))
         return result
 
     # ---- loop --------------------------------------------------------------------------------------------------
@@ -155,7 +163,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
             set_step(model, step)
             # step
             batch = task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set)))
-            loss = task.loss(model(batch["image"]), batch)
+            loss = task.loss(forward(batch), batch)  # outputs and loss in fp32 under "bf16" too
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at step {step}; stopped. The last good checkpoint is kept at "
