@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, type=Path)
     v.add_argument("--num-scenes", type=int, default=6)
     v.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    v.add_argument("--data", default="test", help="which scenes: as eval --data (default: the run's test split)")
 
     m = sub.add_parser("demo", help="the quick start: train the CPU preset on built-in Tetrominoes, report")
     m.add_argument("--workdir", type=Path, default=Path("runs/demo"))
@@ -174,7 +175,7 @@ def _dispatch(args) -> int:
         print(f"wrote {args.num} {args.name} scenes to {path}")
         return 0
     if args.command == "viz":
-        runs.viz_run(args.workdir, args.out, args.num_scenes, args.checkpoint)
+        runs.viz_run(args.workdir, args.out, args.num_scenes, args.checkpoint, args.data)
         print(f"wrote {args.out}")
         return 0
     if args.command == "demo":

@@ -99,20 +99,26 @@ def resolve_data(spec: str, cfg: ExperimentConfig) -> SceneSet:
     return load_scenes(spec)  # KIND:PATH[@A:B | @NAME] or cache:DIR[@A:B] (docs/datasets.md)
 
 
+def task_data(spec: str, cfg: ExperimentConfig):
+    """The scenes named by ``--data`` for the run's task, checked against the model's resolution."""
+    if get_task(cfg).name == "set_prediction":
+        if spec not in ("test", "val", "train"):
+            raise ValueError(f"--data {spec!r}: a set-prediction run uses 'test', 'val' or 'train' (its data config "
+                             "names the dataset)")
+        scenes = get_task(cfg).build_splits(cfg.data)[spec]
+    else:
+        scenes = resolve_data(spec, cfg)
+    if scenes.resolution != cfg.model.resolution:
+        raise ValueError(f"--data {spec}: images are {scenes.resolution}px, the model expects {cfg.model.resolution}")
+    return scenes
+
+
 def eval_run(workdir: Path, data: str = "test", checkpoint: str = "best", num_slots: int | None = None,
              num_iters: int | None = None, batch_size: int = 64, limit: int | None = None) -> dict:
     """``slotlab eval``: metrics of the run's model on ``data``."""
     model, cfg = load_model(workdir, checkpoint)
     task = get_task(cfg)
-    if task.name == "set_prediction":
-        if data not in ("test", "val", "train"):
-            raise ValueError(f"--data {data!r}: a set-prediction run evaluates on 'test', 'val' or 'train' (its "
-                             "data config names the dataset)")
-        scenes = task.build_splits(cfg.data)[data]
-    else:
-        scenes = resolve_data(data, cfg)
-    if scenes.resolution != cfg.model.resolution:
-        raise ValueError(f"--data {data}: images are {scenes.resolution}px, the model expects {cfg.model.resolution}")
+    scenes = task_data(data, cfg)
     result = task.evaluate(model, scenes, batch_size=batch_size, num_slots=num_slots, num_iters=num_iters,
                       seed=cfg.train.seed, limit=limit)
     return {**result, "data": data, "checkpoint": checkpoint}
@@ -143,13 +149,13 @@ def generate_data(name: str, out: Path, num: int, seed: int, start: int = 0) -> 
     return write_cache(arrays, out, name=name, seed=seed, start=start, num_objects=num_objects)
 
 
-def viz_run(workdir: Path, out: Path, num_scenes: int = 6, checkpoint: str = "best") -> Path:
-    """``slotlab viz``: the picture of a few test scenes (and the attention over iterations beside it)."""
+def viz_run(workdir: Path, out: Path, num_scenes: int = 6, checkpoint: str = "best", data: str = "test") -> Path:
+    """``slotlab viz``: the picture of a few scenes of ``data`` (and the attention over iterations beside it)."""
     from slotlab.viz import save_attention_figure, save_scene_figure
 
     model, cfg = load_model(workdir, checkpoint)
     task = get_task(cfg)
-    scenes = task.build_splits(cfg.data)["test"]
+    scenes = task_data(data, cfg)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if task.name == "set_prediction":
