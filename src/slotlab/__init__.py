@@ -11,6 +11,10 @@ import os
 # threads); passive waiting avoids it. libgomp reads this when torch loads it, so it must be set before the first
 # `import torch`: here, because `slotlab.cli` (the console script) imports this package, and with it torch, first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# PyTorch backs CPU tensors of 2 MB and more with transparent huge pages when this is set (read once, at its first
+# allocation): a training step allocates hundreds of MB of fresh activations, and 4 KB page faults on them cost
+# 5-9% of a step on the paper presets (docs/performance.md). Memory use is unchanged but for 2 MB rounding.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from slotlab import metrics  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
