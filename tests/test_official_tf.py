@@ -26,7 +26,11 @@ SIZES = dict(channels=16, slot_size=24, mlp_hidden_size=32)  # distinct sizes ca
 
 
 def _keras():
-    """Import TensorFlow and Keras 2 or skip (CI installs both: .ci/run, pip install -e '.[tf]')."""
+    """Import TensorFlow and Keras 2 or skip (CI installs both: .ci/run, pip install -e '.[tf]'). With
+    SLOTLAB_REQUIRE_TF=1 (set by .ci/run) a missing TensorFlow fails instead, so CI cannot skip the parity test."""
+    if os.environ.get("SLOTLAB_REQUIRE_TF") == "1":
+        import tensorflow as tf
+        import tf_keras  # noqa: F401
     tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed (pip install 'slotlab[tf]')")
     pytest.importorskip("tf_keras", reason="tf_keras not installed (pip install --no-deps tf-keras)")
     from slotlab import official_keras
