@@ -13,7 +13,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # PyTorch backs CPU tensors of 2 MB and more with transparent huge pages when this is set (read once, at its first
 # allocation): a training step allocates hundreds of MB of fresh activations, and 4 KB page faults on them cost
-# 5-9% of a step on the paper presets (docs/performance.md). Memory use is unchanged but for 2 MB rounding.
+# 5-8% of a step on the paper presets (docs/performance.md). A large tensor may occupy up to 2 MB more.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from slotlab import metrics  # noqa: E402
