@@ -166,9 +166,11 @@ def test_every_set_preset_trains_two_steps(name):
         opt.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses))
-    unused = {"slot_attention.slots_mu", "slot_attention.slots_log_sigma"} if cfg.model.slot_init == "learned" else set()
+    unused = set()  # learned init: mu and sigma are not used
+    if cfg.model.slot_init == "learned":
+        unused = {"slot_attention.slots_mu", "slot_attention.slots_log_sigma"}
     for pname, p in model.named_parameters():
-        assert (p.grad is not None) != (pname in unused), pname  # learned init: mu and sigma are not used
+        assert (p.grad is not None) != (pname in unused), pname
 
 
 def test_train_eval_viz_on_the_cli(tmp_path, capsys):
