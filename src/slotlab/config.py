@@ -80,6 +80,7 @@ class TrainConfig:
     num_threads: int = 0  # torch threads (0 = all cores)
     num_workers: int = 0  # DataLoader workers
     precision: str = "fp32"  # "bf16": forward in bf16 autocast; softmaxes, losses, metrics in fp32 (precision.py)
+    compile: bool = False  # torch.compile the encoder, decoder and head; eager if it fails (compilation.py)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from slotlab.checkpoint import load_checkpoint, save_checkpoint
+from slotlab.compilation import compile_model
 from slotlab.config import ExperimentConfig
 from slotlab.models import set_step
 from slotlab.precision import autocast, check_precision
@@ -105,6 +106,13 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     def forward(batch: dict) -> dict:
         with autocast(tc.precision, batch["image"].device):  # "bf16": mixed precision (precision.py)
             return model(batch["image"])
+
+    def warmup_loss():
+        batch = task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set)))
+        return task.loss(forward(batch), batch)
+
+    if tc.compile:  # encoder, decoder, head; a warm-up step surfaces compiler failures (compilation.py)
+        compile_model(model, warmup_loss)
 
     # TensorBoard imports all of TensorFlow when it is installed (seconds, and GBs of address space) just to write
     # event files; the marker module "tensorboard.compat.notf" makes it use its own small TF stub instead.

@@ -1,0 +1,90 @@
+"""``train.compile``: torch.compile the model's convolutional parts, with a clean fallback to eager.
+
+What is compiled: the ``encoder``, the ``decoder`` and the set predictor's ``head``, each on its own (dynamo traces
+each as one graph, no graph break). What is not: Slot Attention. Its fast path is a ``torch.autograd.Function``
+whose forward records small autograd graphs from detached leaves and whose backward calls
+``torch.autograd.grad``; dynamo breaks the graph there six times (``torch._dynamo.explain``), and the plain path,
+which compiles, is slower compiled than the fast path is eager (docs/performance.md). The model's own forward
+(mask softmax, recomposition) stays eager too.
+
+Each compiled part replaces the module's ``forward`` attribute, so parameter names, ``state_dict`` and checkpoints
+are unchanged. Compilation is lazy: it happens on the first call, again for a new input shape or grad mode, and the
+backward's on the first backward. If it fails (no C++ compiler for inductor, an unsupported op), one warning is
+logged and every compiled part runs eagerly from then on. :func:`compile_model` takes a warm-up step (one forward
+and backward, RNG forked, gradients cleared) so that a failure in the backward's compilation also falls back there,
+not in the training loop. Compiled and eager agree to fp32 rounding (tests/test_compilation.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+COMPILED_PARTS = ("encoder", "decoder", "head")
+
+
+class CompiledParts:
+    """The compiled parts of one model, which fall back to eager together, with a single warning."""
+
+    def __init__(self) -> None:
+        self.failed = False
+        self.names: list[str] = []
+
+    def fall_back(self, where: str, err: BaseException) -> None:
+        if not self.failed:
+            first_line = (str(err).strip().splitlines() or [""])[0][:200]
+            log.warning("torch.compile failed in %s (%s: %s); running the model eagerly", where,
+                        type(err).__name__, first_line)
+        self.failed = True
+
+
+class CompiledForward:
+    """A module's forward through ``torch.compile``; eager once any part of the group has failed to compile."""
+
+    def __init__(self, module: nn.Module, name: str, group: CompiledParts) -> None:
+        self.name, self.group = name, group
+        self.eager = module.forward
+        self.compiled = None
+        try:
+            self.compiled = torch.compile(self.eager)
+        except Exception as err:  # e.g. torch.compile unsupported on this Python or platform
+            group.fall_back(name, err)
+
+    def __call__(self, *args, **kwargs):
+        if self.group.failed or self.compiled is None:
+            return self.eager(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as err:
+            out = self.eager(*args, **kwargs)  # an error of the input itself is raised here, as without compile
+            self.group.fall_back(self.name, err)
+            return out
+
+
+def compile_model(model: nn.Module, warmup: Callable[[], Tensor] | None = None) -> CompiledParts:
+    """Compile ``model``'s encoder, decoder and head in place (those it has); return the group (``.names``,
+    ``.failed``).
+
+    ``warmup`` returns the loss of one forward; it is run once with its backward, in a forked RNG and with the
+    gradients cleared after, so that compiler failures (forward or backward) surface and fall back here.
+    """
+    group = CompiledParts()
+    for name in COMPILED_PARTS:
+        part = getattr(model, name, None)
+        if isinstance(part, nn.Module):
+            part.forward = CompiledForward(part, name, group)
+            group.names.append(name)
+    if warmup is not None and group.names and not group.failed:
+        cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+        with torch.random.fork_rng(devices=cuda):
+            try:
+                warmup().backward()
+            except Exception as err:
+                group.fall_back("the warm-up step", err)
+        model.zero_grad(set_to_none=True)
+    return group
