@@ -7,6 +7,7 @@ Slot Attention draws fresh initial slots on every call, so evaluation is stochas
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -17,17 +18,12 @@ from slotlab.precision import autocast
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: SceneSet, *, batch_size: int = 64, num_slots: int | None = None,
-             num_iters: int | None = None, seed: int = 0, limit: int | None = None,
-             precision: str = "fp32") -> dict[str, float]:
-    """Mean FG-ARI, ARI, mBO and MSE over (the first ``limit`` scenes of) ``data``; also their standard errors.
-
-    ``precision="bf16"`` runs the forward under bf16 autocast (:mod:`slotlab.precision`); metrics stay float64.
-    """
+def _model_batches(model: nn.Module, data, n: int, batch_size: int, seed: int, precision: str,
+                   num_slots: int | None, num_iters: int | None) -> Iterator[tuple[dict, dict]]:
+    """(batch, model outputs) over the first ``n`` scenes, in eval mode, with the initial-slot noise drawn from
+    ``seed`` in a forked RNG (the caller's random state and the model's train/eval mode are restored)."""
     was_training = model.training
     model.eval()
-    per_scene: dict[str, list[torch.Tensor]] = {"fg_ari": [], "ari": [], "mbo": [], "mse": []}
-    n = len(data) if limit is None else min(limit, len(data))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -35,13 +31,27 @@ def evaluate(model: nn.Module, data: SceneSet, *, batch_size: int = 64, num_slot
                 batch = data.batch(slice(start, min(start + batch_size, n)))
                 with autocast(precision, batch["image"].device):
                     out = model(batch["image"], num_slots=num_slots, num_iters=num_iters)
-                background = getattr(data, "num_background", 1)  # Objects Room: 4 background masks
-                per_scene["fg_ari"].append(metrics.fg_ari(batch["masks"], out["masks"], num_background=background))
-                per_scene["ari"].append(metrics.ari(batch["masks"], out["masks"]))
-                per_scene["mbo"].append(metrics.mbo(batch["masks"], out["masks"], num_background=background))
-                per_scene["mse"].append(metrics.mse(batch["image"], out["recon"]))
+                yield batch, out
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: SceneSet, *, batch_size: int = 64, num_slots: int | None = None,
+             num_iters: int | None = None, seed: int = 0, limit: int | None = None,
+             precision: str = "fp32") -> dict[str, float]:
+    """Mean FG-ARI, ARI, mBO and MSE over (the first ``limit`` scenes of) ``data``; also their standard errors.
+
+    ``precision="bf16"`` runs the forward under bf16 autocast (:mod:`slotlab.precision`); metrics stay float64.
+    """
+    per_scene: dict[str, list[torch.Tensor]] = {"fg_ari": [], "ari": [], "mbo": [], "mse": []}
+    n = len(data) if limit is None else min(limit, len(data))
+    background = getattr(data, "num_background", 1)  # Objects Room: 4 background masks
+    for batch, out in _model_batches(model, data, n, batch_size, seed, precision, num_slots, num_iters):
+        per_scene["fg_ari"].append(metrics.fg_ari(batch["masks"], out["masks"], num_background=background))
+        per_scene["ari"].append(metrics.ari(batch["masks"], out["masks"]))
+        per_scene["mbo"].append(metrics.mbo(batch["masks"], out["masks"], num_background=background))
+        per_scene["mse"].append(metrics.mse(batch["image"], out["recon"]))
     result: dict[str, float] = {"num_scenes": n}
     for key, values in per_scene.items():
         v = torch.cat(values)
@@ -66,22 +76,12 @@ def evaluate_set(model: nn.Module, data, *, batch_size: int = 64, num_slots: int
     from slotlab.losses import hungarian_huber_loss
     from slotlab.set_layout import get_layout
 
-    was_training = model.training
-    model.eval()
     n = len(data) if limit is None else min(limit, len(data))
     preds, targets, losses = [], [], []
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for start in range(0, n, batch_size):
-                batch = data.batch(slice(start, min(start + batch_size, n)))
-                with autocast(precision, batch["image"].device):
-                    pred = model(batch["image"], num_slots=num_slots, num_iters=num_iters)["pred"]
-                losses.append(hungarian_huber_loss(pred, batch["target"]).item() * len(pred))
-                preds.append(pred)
-                targets.append(batch["target"])
-    finally:
-        model.train(was_training)
+    for batch, out in _model_batches(model, data, n, batch_size, seed, precision, num_slots, num_iters):
+        losses.append(hungarian_huber_loss(out["pred"], batch["target"]).item() * len(out["pred"]))
+        preds.append(out["pred"])
+        targets.append(batch["target"])
     result: dict[str, float] = {"num_scenes": n, "loss": sum(losses) / n}
     result.update(metrics.average_precisions(torch.cat(preds), torch.cat(targets), get_layout(data.layout)))
     result["ap_mean"] = sum(v for k, v in result.items() if k.startswith("ap_")) / len(metrics.AP_THRESHOLDS)
