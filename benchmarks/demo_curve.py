@@ -11,45 +11,14 @@ Timing excludes evaluation; it is wall-clock time of the training steps on this 
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import time
-from pathlib import Path
+from budgeted_run import best_within, parse_args, run
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from slotlab.config import apply_overrides  # noqa: E402
-from slotlab.experiments import get_experiment  # noqa: E402
-from slotlab.train import train  # noqa: E402
-from slotlab.viz import save_curves  # noqa: E402
+from slotlab.viz import save_curves
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", default="tetrominoes_cpu")
-    p.add_argument("--minutes", type=float, default=30.0)
-    p.add_argument("--every", type=float, default=1.0, help="minutes between evaluations")
-    p.add_argument("--budgets", default="10,30", help="report test metrics at these minute marks")
-    p.add_argument("--workdir", type=Path, default=Path("runs/bench_demo"))
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    args = p.parse_args()
-
-    cfg = get_experiment(args.experiment)
-    apply_overrides(cfg, [f"train.max_minutes={args.minutes}", f"train.eval_every_minutes={args.every}",
-                          "train.report_test=true", *args.overrides])
-    if not any(o.startswith("train.steps") for o in args.overrides):
-        cfg.train.steps = 10**9  # the time budget ends the run
-    t0 = time.time()
-    train(cfg, args.workdir, progress=False)
-    wall = time.time() - t0
-
-    rows = [json.loads(line) for line in (args.workdir / "metrics.jsonl").read_text().splitlines()]
-    val = [r for r in rows if r["kind"] == "val"]
-    test = {r["step"]: r for r in rows if r["kind"] == "test"}
-    print(f"\n{args.experiment} on {platform.machine()} {os.cpu_count()} cores, torch threads "
-          f"{cfg.train.num_threads or os.cpu_count()}; total wall {wall / 60:.1f} min (training + evaluation)\n")
+    args = parse_args(__doc__, "tetrominoes_cpu", 1.0, "10,30", "runs/bench_demo")
+    val, test = run(args)
     print("| train min | step | val FG-ARI | val ARI | val mBO | test FG-ARI | test ARI | test mBO | val MSE |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in val:
@@ -59,10 +28,9 @@ def main() -> None:
               f"{100 * t.get('ari', float('nan')):.1f} | {100 * t.get('mbo', float('nan')):.1f} | {r['mse']:.5f} |")
     print()
     for budget in [float(b) for b in args.budgets.split(",") if b]:
-        seen = [r for r in val if r["train_seconds"] <= budget * 60 + 1]
-        if not seen:
+        best = best_within(val, budget, "fg_ari")
+        if best is None:
             continue
-        best = max(seen, key=lambda r: r["fg_ari"])
         t = test.get(best["step"], {})
         print(f"within {budget:g} min: best validation point step {best['step']} "
               f"({best['train_seconds'] / 60:.1f} min) -> test FG-ARI {100 * t.get('fg_ari', float('nan')):.1f}, "
