@@ -21,6 +21,13 @@ def test_data_generate_then_eval_on_it(tmp_path, capsys):
                  "--num-iters", "5", "--num-slots", "6"]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["num_scenes"] == 8 and "FG-ARI" in capsys.readouterr().out
+    # viz draws the scenes named by --data, like eval
+    assert main(["viz", "--workdir", str(run), "--data", f"cache:{tmp_path / 'd'}", "--out",
+                 str(tmp_path / "v.png"), "--num-scenes", "2"]) == 0
+    assert (tmp_path / "v.png").stat().st_size > 1000
+    assert main(["viz", "--workdir", str(run), "--data", f"cache:{tmp_path / 'missing'}", "--out",
+                 str(tmp_path / "w.png")]) == 2
+    assert "missing" in capsys.readouterr().err
 
 
 def test_demo_writes_report_and_pictures(tmp_path):

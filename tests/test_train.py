@@ -103,3 +103,13 @@ def _metadata(path: Path) -> dict:
 
     with safe_open(str(path), framework="pt") as f:
         return f.metadata()
+
+
+def test_training_does_not_import_tensorflow(tmp_path):
+    """TensorBoard's writer would import all of TensorFlow when it is installed (~20 s); train() prevents it."""
+    code = ("import sys; from slotlab.experiments import get_experiment; from slotlab.train import train; "
+            f"train(get_experiment('tiny'), {str(tmp_path / 'run')!r}, progress=False); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    env = {**os.environ, "SLOTLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
