@@ -91,22 +91,28 @@ def test_train_with_compile_runs_through_a_compiler_failure(monkeypatch, tmp_pat
 @pytest.mark.slow  # about 30 s of compilation with a cold inductor cache, 5 s warm
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
                     reason="torch.compile's inductor backend needs a C++ compiler on CPU; none on PATH")
-def test_compiled_matches_eager(monkeypatch):
+@pytest.mark.parametrize("attention", [False, True], ids=["parts", "parts+slot_attention"])
+def test_compiled_matches_eager(attention):
     import torch._dynamo
     import torch._inductor.config
 
     if not torch._dynamo.is_dynamo_supported():
         pytest.skip("torch.compile (dynamo) is not supported on this Python / platform")
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)  # no worker pool for a test
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = build_model(SMALL)
     image = torch.rand(2, 3, 16, 16) * 2 - 1
     want, want_grads = forward_backward(model, image)
-    group = compile_model(model)
-    got, got_grads = forward_backward(model, image)
+    # compile_threads=1: no worker pool for a test; fallback_random: compiled Slot Attention draws its initial-slot
+    # noise with eager's RNG (inductor has its own otherwise), so that both see the same initial slots
+    with torch._inductor.config.patch(compile_threads=1, fallback_random=True):
+        group = compile_model(model, attention=attention)  # attention=True: what a GPU gets (plain path compiled)
+        got, got_grads = forward_backward(model, image)
+        if attention:  # a new batch size (evaluation's) recompiles with a symbolic batch: must not fall back
+            forward_backward(model, torch.rand(3, 3, 16, 16) * 2 - 1)
     torch._dynamo.reset()
     assert not group.failed, "compilation fell back to eager"
+    assert ("slot_attention" in group.names) == attention and model.slot_attention.fast == (not attention)
     for key in ("recon", "masks", "slots"):
         assert (got[key] - want[key]).abs().max() <= 1e-5 * want[key].abs().max() + 1e-6, key
     for name, g in want_grads.items():

@@ -113,3 +113,16 @@ def test_training_does_not_import_tensorflow(tmp_path):
     env = {**os.environ, "SLOTLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_train_device_is_resolved_or_rejected_clearly(monkeypatch):
+    from slotlab.train import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    for bad in ("gpu0", "tpu", "cuda:x"):
+        with pytest.raises(ValueError, match="train.device must be"):
+            resolve_device(bad)

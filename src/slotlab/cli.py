@@ -8,6 +8,7 @@
     slotlab demo  [--workdir DIR]
     slotlab experiments
     slotlab bench module [--threads 1 2] [--rounds R] [--shapes clevr6 ... | BxNxDxK ...]
+    slotlab bench gpu [--presets clevr6:64 multi_dsprites:64] [--modes ...] [--profile MODE ...] [--json FILE]
     slotlab bench train [--presets tetrominoes multi_dsprites clevr6:2 ...] [--threads 1 2] [--rounds R] [--batch B]
     slotlab convert official-tf CHECKPOINT_DIR --out DIR [--task discovery|set]
 """
@@ -103,6 +104,18 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     bt.add_argument("--no-keras", action="store_true", help="skip the Keras (TensorFlow) implementation")
 
+    bg = bsub.add_parser("gpu", help="GPU training-step images/s: fp32 / bf16 / bf16 + compile (needs CUDA)")
+    bg.add_argument("--presets", nargs="+", default=["clevr6:64", "multi_dsprites:64"],
+                    help="autoencoder presets, NAME or NAME:BATCH")
+    bg.add_argument("--modes", nargs="+", default=None, help="default: all of slotlab.bench_gpu.MODES")
+    bg.add_argument("--steps", type=int, default=10, help="steps per mode per round")
+    bg.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    bg.add_argument("--warmup", type=int, default=3, help="warm-up steps per mode (compilation included)")
+    bg.add_argument("--batch", type=int, default=64, help="batch size of presets given without :BATCH")
+    bg.add_argument("--profile", nargs="*", default=[], help="modes whose heaviest CUDA kernels to list")
+    bg.add_argument("--no-parity", action="store_true", help="skip the reconstruction parity table")
+    bg.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+
     c = sub.add_parser("convert", help="convert released checkpoints into a slotlab run directory")
     csub = c.add_subparsers(dest="convert_command", required=True)
     o = csub.add_parser("official-tf", help="google-research/slot_attention TF2 checkpoints (needs slotlab[tf])")
@@ -137,6 +150,17 @@ def _dispatch(args) -> int:
         cases = [bench_train.parse_case(spec, args.batch) for spec in args.presets]
         rows = bench_train.bench_train(cases, args.threads, args.rounds, not args.no_memory, not args.no_keras)
         print(bench_train.format_train_table(rows))
+        return 0
+    if args.command == "bench" and args.bench_command == "gpu":
+        from slotlab import bench_gpu
+
+        cases = [bench_gpu.parse_case(spec, args.batch) for spec in args.presets]
+        modes = args.modes or list(bench_gpu.MODES)
+        results = bench_gpu.bench_gpu(cases, modes, args.steps, args.rounds, args.warmup, not args.no_parity,
+                                      args.profile)
+        print(bench_gpu.format_gpu_tables(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
         return 0
     if args.command == "bench":
         from slotlab import bench

@@ -1,11 +1,13 @@
 """``train.compile``: torch.compile the model's convolutional parts, with a clean fallback to eager.
 
 What is compiled: the ``encoder``, the ``decoder`` and the set predictor's ``head``, each on its own (dynamo traces
-each as one graph, no graph break). What is not: Slot Attention. Its fast path is a ``torch.autograd.Function``
-whose forward records small autograd graphs from detached leaves and whose backward calls
-``torch.autograd.grad``; dynamo breaks the graph there six times (``torch._dynamo.explain``), and the plain path,
-which compiles, is slower compiled than the fast path is eager (docs/performance.md). The model's own forward
-(mask softmax, recomposition) stays eager too.
+each as one graph, no graph break), and on a GPU also Slot Attention. On the CPU Slot Attention stays eager: its
+fast path is a ``torch.autograd.Function`` whose forward records small autograd graphs from detached leaves and
+whose backward calls ``torch.autograd.grad``; dynamo breaks the graph there six times (``torch._dynamo.explain``),
+and the plain path, which compiles, is slower compiled than the fast path is eager on the CPU
+(docs/performance.md). On CUDA the balance flips (the iterations are many small kernels that inductor fuses), so
+there Slot Attention is compiled with its plain path (``fast = False``; same mathematics). The model's own forward
+(mask softmax, recomposition) stays eager.
 
 Each compiled part replaces the module's ``forward`` attribute, so parameter names, ``state_dict`` and checkpoints
 are unchanged. Compilation is lazy: it happens on the first call, again for a new input shape or grad mode, and the
@@ -66,15 +68,22 @@ class CompiledForward:
             return out
 
 
-def compile_model(model: nn.Module, warmup: Callable[[], Tensor] | None = None) -> CompiledParts:
-    """Compile ``model``'s encoder, decoder and head in place (those it has); return the group (``.names``,
-    ``.failed``).
+def compile_model(model: nn.Module, warmup: Callable[[], Tensor] | None = None,
+                  attention: bool | None = None) -> CompiledParts:
+    """Compile ``model``'s encoder, decoder and head in place (those it has), and its ``slot_attention`` when
+    ``attention`` is true (default: when the model is on a GPU), with the plain path; return the group
+    (``.names``, ``.failed``).
 
     ``warmup`` returns the loss of one forward; it is run once with its backward, in a forked RNG and with the
     gradients cleared after, so that compiler failures (forward or backward) surface and fall back here.
     """
     group = CompiledParts()
-    for name in COMPILED_PARTS:
+    if attention is None:
+        attention = any(p.is_cuda for p in model.parameters())
+    parts = COMPILED_PARTS + (("slot_attention",) if attention else ())
+    if attention and isinstance(getattr(getattr(model, "slot_attention", None), "fast", None), bool):
+        model.slot_attention.fast = False  # the plain path: one graph that inductor fuses (no autograd.Function)
+    for name in parts:
         part = getattr(model, name, None)
         if isinstance(part, nn.Module):
             part.forward = CompiledForward(part, name, group)

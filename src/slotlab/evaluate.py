@@ -24,13 +24,16 @@ def _model_batches(model: nn.Module, data, n: int, batch_size: int, seed: int, p
     ``seed`` in a forked RNG (the caller's random state and the model's train/eval mode are restored)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             for start in range(0, n, batch_size):
                 batch = data.batch(slice(start, min(start + batch_size, n)))
-                with autocast(precision, batch["image"].device):
-                    out = model(batch["image"], num_slots=num_slots, num_iters=num_iters)
+                with autocast(precision, device):
+                    out = model(batch["image"].to(device), num_slots=num_slots, num_iters=num_iters)
+                if device.type != "cpu":  # the metrics (and the Hungarian matching) run on the CPU
+                    out = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
                 yield batch, out
     finally:
         model.train(was_training)

@@ -107,7 +107,10 @@ class SlotAttention(nn.Module):
                 raise ValueError(f"slot_init='learned' fixes K={self.num_slots}, got num_slots={num_slots}")
             return self.slots_init.expand(batch_size, -1, -1)
         mu = self.slots_mu.expand(batch_size, num_slots, -1)
-        noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        if generator is None:  # randn_like: traceable by torch.compile with a symbolic batch size
+            noise = torch.randn_like(mu, memory_format=torch.contiguous_format)
+        else:
+            noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
         return mu + self.slots_log_sigma.exp() * noise
 
     def forward(

@@ -53,6 +53,31 @@ def batch_indices(step: int, seed: int, batch_size: int, num_items: int) -> torc
     return torch.randint(num_items, (batch_size,), generator=g)
 
 
+def resolve_device(spec: str) -> torch.device:
+    """``train.device``: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N" -> a torch.device."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={spec!r} but CUDA is not available here; use 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"train.device={spec!r} but this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Every tensor of ``batch`` on ``device`` (a no-op on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def set_threads(num_threads: int) -> None:
     torch.set_num_threads(num_threads if num_threads > 0 else max(1, os.cpu_count() or 1))
 
@@ -93,14 +118,18 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     train_set, val_set = splits["train"], splits["val"]
     if train_set.resolution != cfg.model.resolution:
         raise ValueError(f"data is {train_set.resolution}px but model.resolution={cfg.model.resolution}")
-    model = task.build_model(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.0, eps=tc.adam_eps)
+    device = resolve_device(tc.device)
+    model = task.build_model(cfg).to(device)
+    # fused Adam on a GPU: one kernel for every parameter (same update rule)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0, eps=tc.adam_eps, fused=device.type == "cuda")
     step, train_seconds, best = 0, 0.0, -math.inf
     if resume_from is not None:
         meta = load_checkpoint(resume_from, model, optimizer)
         state = meta["state"]
         step, train_seconds, best = state["step"], state["train_seconds"], state.get("best", -math.inf)
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(torch.tensor(state["cuda_rng"], dtype=torch.uint8), device)
         log.info("resumed from %s at step %d (%.1f min trained)", resume_from, step, train_seconds / 60)
 
     def forward(batch: dict) -> dict:
@@ -108,7 +137,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
             return model(batch["image"])
 
     def warmup_loss():
-        batch = task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set)))
+        batch = to_device(task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set))), device)
         return task.loss(forward(batch), batch)
 
     if tc.compile:  # encoder, decoder, head; a warm-up step surfaces compiler failures (compilation.py)
@@ -133,6 +162,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     def checkpoint(name: str, with_optimizer: bool) -> None:
         state = {"step": step, "train_seconds": train_seconds, "best": best,
                  "torch_rng": torch.get_rng_state().tolist()}
+        if device.type == "cuda":  # the initial-slot noise is drawn on the GPU
+            state["cuda_rng"] = torch.cuda.get_rng_state(device).tolist()
         save_checkpoint(workdir / "checkpoints" / f"{name}.safetensors", model,
                         optimizer if with_optimizer else None, state, cfg.to_dict())
 
@@ -170,7 +201,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
                 group["lr"] = lr
             set_step(model, step)
             # step
-            batch = task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set)))
+            batch = to_device(task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set))),
+                              device)
             loss = task.loss(forward(batch), batch)  # outputs and loss in fp32 under "bf16" too
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
