@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from slotlab import bench, bench_train
 from slotlab.cli import main
@@ -61,3 +62,25 @@ def test_bench_train_keras_step_runs():
     assert not skipped
     steps["keras official"]()
     assert bench_train.keras_unsupported(get_experiment("tetrominoes_cpu").model) == "decoder='mlp'"
+
+
+def test_bench_gpu_steps_and_parity_run_on_cpu_and_the_bench_needs_cuda(monkeypatch):
+    from slotlab import bench_gpu
+
+    modes = ["fp32 plain", "fp32", "bf16"]
+    steps, models, images = bench_gpu.build_steps("tiny", 2, modes, torch.device("cpu"))
+    for name, step in steps.items():
+        assert torch.isfinite(step()) and not bool(step.flag), name
+    par = bench_gpu.parity(models, images)
+    assert par["fp32"] == (0.0, 0.0)
+    assert par["fp32 plain"][1] < 1e-5  # exact fast paths vs the plain formulation
+    assert 1e-5 < par["bf16"][1] < 0.1  # bf16 differs, within bf16's rounding
+    row = {"mode": "fp32", "ms": 10.0, "images_per_s": 200.0, "vs_fp32": 1.0, "peak_mib": 5.0, "paper_hours": 1.4}
+    table = bench_gpu.format_gpu_tables([{"preset": "tiny", "batch": 2, "gpu": "X", "torch": "t", "rows": [row],
+                                          "parity": par, "profiles": {}}])
+    assert "| fp32 | 10.0 | 200 | 1.00x | 5 | 1.4 |" in table
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        bench_gpu.bench_gpu([("tiny", 2)], modes)
+    with pytest.raises(ValueError, match="NAME or NAME:BATCH"):
+        bench_gpu.parse_case("tiny:x", 4)

@@ -1,9 +1,10 @@
 """GPU training-step benchmark (``slotlab bench gpu``): images/s of the paper presets per precision mode, printed as
 tables, never pass/fail. Needs CUDA; nothing here runs in the tests.
 
-One step is the training loop's (:mod:`slotlab.train`): forward (under bf16 autocast for the bf16 modes), MSE,
-backward, Adam, and the loop's per-step finite-loss check (one device sync, as in training). Modes, all on the
-same weights and the same fixed batch of random images in [-1, 1]:
+One step is the training loop's :func:`slotlab.train.train_step` (forward, under bf16 autocast for the bf16 modes,
+MSE, backward, fused Adam) with the loop's GPU settings: no per-step device sync (the finite-loss flag is only
+accumulated; training reads it every ``log_every`` steps) and no NaN check of the images. Modes, all on the same
+weights and the same fixed batch of random images in [-1, 1]:
 
 - ``fp32 plain``: strict fp32 (TF32 off for matmuls and cuDNN) with every exact fast path off (the plain
   formulation, :func:`slotlab.fast_paths.set_fast_paths`);
@@ -12,7 +13,9 @@ same weights and the same fixed batch of random images in [-1, 1]:
   (``torch.backends.cudnn.allow_tf32`` is True out of the box) and matmuls in fp32;
 - ``bf16``: ``train.precision=bf16`` (softmaxes, recomposition, loss in fp32: :mod:`slotlab.precision`);
 - ``bf16 + compile``: that plus ``train.compile`` (:mod:`slotlab.compilation`: encoder, decoder, and on a GPU Slot
-  Attention with its plain path).
+  Attention with its plain path);
+- ``bf16 + compile cudagraphs``: the same with ``train.compile_mode=reduce-overhead`` (CUDA graphs);
+- ``fp32 + compile``: strict fp32 with ``train.compile``.
 
 Modes are timed in interleaved rounds (each mode ``steps`` steps per round, CUDA events around the round, after
 warm-up steps that include compilation). Reported per mode: median ms/step, images/s, the ratio to ``fp32``, the
@@ -37,6 +40,8 @@ from slotlab.experiments import get_experiment
 from slotlab.fast_paths import set_fast_paths
 from slotlab.models import build_model
 from slotlab.precision import autocast
+from slotlab.tasks import get_task
+from slotlab.train import train_step
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ class Mode:
     precision: str  # "fp32" | "bf16"
     tf32_conv: bool = False
     fast: bool = True
-    compile: bool = False
+    compile: str = ""  # "" = eager, else the torch.compile mode
 
 
 MODES = {
@@ -56,8 +61,11 @@ MODES = {
     "fp32": Mode("fp32"),
     "fp32 torch-default": Mode("fp32", tf32_conv=True),
     "bf16": Mode("bf16"),
-    "bf16 + compile": Mode("bf16", compile=True),
+    "bf16 + compile": Mode("bf16", compile="default"),
+    "bf16 + compile cudagraphs": Mode("bf16", compile="reduce-overhead"),
+    "fp32 + compile": Mode("fp32", compile="default"),
 }
+DEFAULT_MODES = ["fp32", "fp32 torch-default", "bf16", "bf16 + compile"]
 BASELINE = "fp32"
 
 
@@ -79,6 +87,7 @@ def build_steps(preset: str, batch: int, modes: list[str], device: torch.device,
                 ) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, nn.Module], torch.Tensor]:
     """One model per mode (same initial weights), each with its own Adam, as step functions on one batch."""
     cfg = get_experiment(preset)
+    task = get_task(cfg)
     torch.manual_seed(seed)
     reference = build_model(cfg.model)
     images = torch.rand(batch, 3, cfg.model.resolution, cfg.model.resolution, device=device) * 2 - 1
@@ -88,6 +97,7 @@ def build_steps(preset: str, batch: int, modes: list[str], device: torch.device,
         model = build_model(cfg.model)
         model.load_state_dict(reference.state_dict())
         set_fast_paths(model.to(device), mode.fast)
+        model.check_finite = False  # as train() on a GPU
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, eps=cfg.train.adam_eps, fused=True)
 
         def loss_fn(model=model, mode=mode) -> torch.Tensor:
@@ -97,20 +107,19 @@ def build_steps(preset: str, batch: int, modes: list[str], device: torch.device,
 
         if mode.compile:
             set_tf32(mode.tf32_conv)
-            group = compile_model(model, loss_fn)
+            group = compile_model(model, loss_fn, mode=mode.compile)
             if group.failed:
                 log.warning("%s: compilation failed; this mode runs eagerly", name)
 
-        def step(model=model, optimizer=optimizer, loss_fn=loss_fn, mode=mode) -> torch.Tensor:
+        flag = torch.zeros((), dtype=torch.bool, device=device)
+
+        def step(model=model, optimizer=optimizer, mode=mode, flag=flag) -> torch.Tensor:
             set_tf32(mode.tf32_conv)
-            loss = loss_fn()
-            if not torch.isfinite(loss):  # the training loop's per-step check (a device sync)
-                raise RuntimeError(f"non-finite loss in {preset} / {name}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, optimizer, task, {"image": images}, mode.precision)
+            flag |= ~torch.isfinite(loss)  # as train(): accumulated, read later
             return loss
 
+        step.flag = flag  # type: ignore[attr-defined]
         steps[name], models[name] = step, model
     return steps, models, images
 
@@ -145,6 +154,7 @@ def time_modes(steps: dict[str, Callable], n_steps: int, rounds: int, warmup: in
 def parity(models: dict[str, nn.Module], images: torch.Tensor) -> dict[str, tuple[float, float]]:
     """Each mode's reconstruction vs the ``fp32`` mode's on the same images and initial slots, from the models'
     current weights copied from ``fp32``'s: (max abs diff, relative L2 diff)."""
+    torch.compiler.cudagraph_mark_step_begin()
     ref_model = models[BASELINE]
     ref_model.eval()
     slots = ref_model.slot_attention.init_slots(images.shape[0], ref_model.cfg.num_slots)
@@ -156,6 +166,7 @@ def parity(models: dict[str, nn.Module], images: torch.Tensor) -> dict[str, tupl
         model.load_state_dict(ref_model.state_dict())
         model.eval()
         set_tf32(mode.tf32_conv)
+        torch.compiler.cudagraph_mark_step_begin()
         with autocast(mode.precision, images.device):
             recon = model(images, slots=slots)["recon"].double()
         diff = recon - reference
@@ -166,7 +177,8 @@ def parity(models: dict[str, nn.Module], images: torch.Tensor) -> dict[str, tupl
 
 
 def profile(step: Callable, n_steps: int = 3, top: int = 12) -> tuple[list[tuple[str, float, int]], float, float]:
-    """The heaviest CUDA kernels of ``n_steps`` steps: [(name, % of GPU time, calls)], GPU busy ms/step, wall ms/step."""
+    """The heaviest CUDA kernels of ``n_steps`` steps: ([(name, % of GPU time, calls per step)], GPU busy ms per
+    step, wall ms per step)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -201,6 +213,9 @@ def bench_gpu(cases: list[tuple[str, int]], modes: list[str], n_steps: int = 10,
         log.info("bench gpu: %s batch %d: building and warming up %s", preset, batch, ", ".join(modes))
         steps, models, images = build_steps(preset, batch, modes, device)
         times, peak = time_modes(steps, n_steps, rounds, warmup)
+        bad = [name for name, step in steps.items() if bool(step.flag)]
+        if bad:
+            raise RuntimeError(f"bench gpu: {preset}: non-finite training loss in {bad}")
         base = statistics.median(times[BASELINE]) if BASELINE in times else None
         rows = []
         for name in modes:

@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     bg = bsub.add_parser("gpu", help="GPU training-step images/s: fp32 / bf16 / bf16 + compile (needs CUDA)")
     bg.add_argument("--presets", nargs="+", default=["clevr6:64", "multi_dsprites:64"],
                     help="autoencoder presets, NAME or NAME:BATCH")
-    bg.add_argument("--modes", nargs="+", default=None, help="default: all of slotlab.bench_gpu.MODES")
+    bg.add_argument("--modes", nargs="+", default=None, help="some of slotlab.bench_gpu.MODES (default: DEFAULT_MODES)")
     bg.add_argument("--steps", type=int, default=10, help="steps per mode per round")
     bg.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     bg.add_argument("--warmup", type=int, default=3, help="warm-up steps per mode (compilation included)")
@@ -155,7 +155,7 @@ def _dispatch(args) -> int:
         from slotlab import bench_gpu
 
         cases = [bench_gpu.parse_case(spec, args.batch) for spec in args.presets]
-        modes = args.modes or list(bench_gpu.MODES)
+        modes = args.modes or bench_gpu.DEFAULT_MODES
         results = bench_gpu.bench_gpu(cases, modes, args.steps, args.rounds, args.warmup, not args.no_parity,
                                       args.profile)
         print(bench_gpu.format_gpu_tables(results))

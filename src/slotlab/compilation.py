@@ -48,12 +48,12 @@ class CompiledParts:
 class CompiledForward:
     """A module's forward through ``torch.compile``; eager once any part of the group has failed to compile."""
 
-    def __init__(self, module: nn.Module, name: str, group: CompiledParts) -> None:
+    def __init__(self, module: nn.Module, name: str, group: CompiledParts, mode: str = "default") -> None:
         self.name, self.group = name, group
         self.eager = module.forward
         self.compiled = None
         try:
-            self.compiled = torch.compile(self.eager)
+            self.compiled = torch.compile(self.eager, mode=mode)
         except Exception as err:  # e.g. torch.compile unsupported on this Python or platform
             group.fall_back(name, err)
 
@@ -68,15 +68,21 @@ class CompiledForward:
             return out
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def compile_model(model: nn.Module, warmup: Callable[[], Tensor] | None = None,
-                  attention: bool | None = None) -> CompiledParts:
+                  attention: bool | None = None, mode: str = "default") -> CompiledParts:
     """Compile ``model``'s encoder, decoder and head in place (those it has), and its ``slot_attention`` when
     ``attention`` is true (default: when the model is on a GPU), with the plain path; return the group
-    (``.names``, ``.failed``).
+    (``.names``, ``.failed``). ``mode`` is torch.compile's (``train.compile_mode``; "reduce-overhead" adds CUDA
+    graphs).
 
     ``warmup`` returns the loss of one forward; it is run once with its backward, in a forked RNG and with the
     gradients cleared after, so that compiler failures (forward or backward) surface and fall back here.
     """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"train.compile_mode must be one of {COMPILE_MODES}, got {mode!r}")
     group = CompiledParts()
     if attention is None:
         attention = any(p.is_cuda for p in model.parameters())
@@ -86,12 +92,14 @@ def compile_model(model: nn.Module, warmup: Callable[[], Tensor] | None = None,
     for name in parts:
         part = getattr(model, name, None)
         if isinstance(part, nn.Module):
-            part.forward = CompiledForward(part, name, group)
+            part.forward = CompiledForward(part, name, group, mode)
             group.names.append(name)
     if warmup is not None and group.names and not group.failed:
         cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
         with torch.random.fork_rng(devices=cuda):
             try:
+                if cuda:
+                    torch.compiler.cudagraph_mark_step_begin()
                 warmup().backward()
             except Exception as err:
                 group.fall_back("the warm-up step", err)

@@ -81,6 +81,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers
     precision: str = "fp32"  # "bf16": forward in bf16 autocast; softmaxes, losses, metrics in fp32 (precision.py)
     compile: bool = False  # torch.compile the encoder, decoder and head; eager if it fails (compilation.py)
+    compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune"
     device: str = "auto"  # "auto" (the GPU when CUDA is available, else the CPU), "cpu", "cuda" or "cuda:N"
 
 

@@ -30,6 +30,8 @@ def _model_batches(model: nn.Module, data, n: int, batch_size: int, seed: int, p
             torch.manual_seed(seed)
             for start in range(0, n, batch_size):
                 batch = data.batch(slice(start, min(start + batch_size, n)))
+                if device.type == "cuda":  # CUDA graphs (compile_mode="reduce-overhead") reuse output memory
+                    torch.compiler.cudagraph_mark_step_begin()
                 with autocast(precision, device):
                     out = model(batch["image"].to(device), num_slots=num_slots, num_iters=num_iters)
                 if device.type != "cpu":  # the metrics (and the Hungarian matching) run on the CPU

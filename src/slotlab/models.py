@@ -66,11 +66,12 @@ class SlotAttentionAutoEncoder(nn.Module):
         self.register_buffer("mask_prior_weight", torch.tensor(1.0))
         self.decoder = build_decoder(cfg)
         self.fused_recompose = True  # exact; False = autograd's separate ops (fast_paths.set_fast_paths)
+        self.check_finite = True  # reject NaN/Inf images (a device sync on a GPU; training turns it off there)
         validate_model_config(cfg)
 
     def forward(self, image: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None) -> dict[str, Tensor]:
-        check_image(image, self.cfg.resolution)
+        check_image(image, self.cfg.resolution, finite=self.check_finite)
         features = self.encoder(image)  # (B, N, C)
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
         out = fp32(self.decode(sa))  # (B, K, 4, H, W); fp32 under autocast: mask softmax, recomposition, loss
@@ -127,13 +128,14 @@ class SetPredictor(nn.Module):
             implicit_grad=cfg.implicit_grad, slot_init=cfg.slot_init,
         )
         self.slot_attention.check_finite = False  # the image is checked here
+        self.check_finite = True  # reject NaN/Inf images (a device sync on a GPU; training turns it off there)
         head_in = cfg.slot_dim + (2 if cfg.head_positions else 0)
         self.head = keras_init_(nn.Sequential(nn.Linear(head_in, cfg.head_hidden_dim), nn.ReLU(),
                                               nn.Linear(cfg.head_hidden_dim, self.layout.width)))
 
     def forward(self, image: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None) -> dict[str, Tensor]:
-        check_image(image, self.cfg.resolution)
+        check_image(image, self.cfg.resolution, finite=self.check_finite)
         features = self.encoder(image)  # (B, N, C)
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
         head_in = sa["slots"]  # (B, K, D)
@@ -181,8 +183,8 @@ def set_step(model: SlotAttentionAutoEncoder, step: int) -> None:
         model.decoder.open_bands(min(1.0, step / cfg.decoder_freq_steps))
 
 
-def check_image(image: Tensor, resolution: int) -> None:
-    """Raise a clear error unless ``image`` is a finite float (B, 3, resolution, resolution) batch."""
+def check_image(image: Tensor, resolution: int, finite: bool = True) -> None:
+    """Raise a clear error unless ``image`` is a float (B, 3, resolution, resolution) batch, finite if ``finite``."""
     if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3:
         got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
         raise ValueError(f"image must be (B, 3, H, W) RGB, got {got}")
@@ -190,5 +192,5 @@ def check_image(image: Tensor, resolution: int) -> None:
         raise ValueError(f"image must be {resolution}x{resolution} for this model, got {tuple(image.shape[-2:])}")
     if not image.is_floating_point():
         raise TypeError(f"image must be float in [-1, 1], got {image.dtype} (convert uint8 with x / 127.5 - 1)")
-    if not torch.isfinite(image).all():
+    if finite and not torch.isfinite(image).all():
         raise ValueError("image contains NaN or Inf")

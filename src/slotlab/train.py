@@ -78,6 +78,24 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task, batch: dict, precision: str,
+               grad_clip: float = 0.0) -> torch.Tensor:
+    """One optimisation step on ``batch`` (already on the model's device): forward (under bf16 autocast for
+    ``precision="bf16"``), the task's loss, backward, optional gradient clipping, the optimizer's update.
+    Returns the detached loss; no device sync (the caller checks it is finite)."""
+    if batch["image"].is_cuda:  # a new step for CUDA graphs (train.compile_mode="reduce-overhead"); else a no-op
+        torch.compiler.cudagraph_mark_step_begin()
+    with autocast(precision, batch["image"].device):  # "bf16": mixed precision (precision.py)
+        out = model(batch["image"])
+    loss = task.loss(out, batch)  # outputs and loss in fp32 under "bf16" too
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
 def set_threads(num_threads: int) -> None:
     torch.set_num_threads(num_threads if num_threads > 0 else max(1, os.cpu_count() or 1))
 
@@ -120,6 +138,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
         raise ValueError(f"data is {train_set.resolution}px but model.resolution={cfg.model.resolution}")
     device = resolve_device(tc.device)
     model = task.build_model(cfg).to(device)
+    if device.type == "cuda":  # no per-step device sync: data are uint8 scenes, and a NaN shows in the loss check
+        model.check_finite = False
     # fused Adam on a GPU: one kernel for every parameter (same update rule)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.0, eps=tc.adam_eps, fused=device.type == "cuda")
     step, train_seconds, best = 0, 0.0, -math.inf
@@ -132,16 +152,13 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
             torch.cuda.set_rng_state(torch.tensor(state["cuda_rng"], dtype=torch.uint8), device)
         log.info("resumed from %s at step %d (%.1f min trained)", resume_from, step, train_seconds / 60)
 
-    def forward(batch: dict) -> dict:
-        with autocast(tc.precision, batch["image"].device):  # "bf16": mixed precision (precision.py)
-            return model(batch["image"])
-
     def warmup_loss():
         batch = to_device(task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set))), device)
-        return task.loss(forward(batch), batch)
+        with autocast(tc.precision, device):
+            return task.loss(model(batch["image"]), batch)
 
     if tc.compile:  # encoder, decoder, head; a warm-up step surfaces compiler failures (compilation.py)
-        compile_model(model, warmup_loss)
+        compile_model(model, warmup_loss, mode=tc.compile_mode)
 
     # TensorBoard imports all of TensorFlow when it is installed (seconds, and GBs of address space) just to write
     # event files; the marker module "tensorboard.compat.notf" makes it use its own small TF stub instead.
@@ -192,6 +209,21 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     result: dict = {}
     last_eval_step = -1
     window_start, window_steps = time.perf_counter(), 0
+    # the loss is checked every step on the CPU; on a GPU a flag collects it and is read (a sync) before every log,
+    # evaluation and checkpoint, so that no non-finite state is ever saved
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    checked_step = step
+
+    def check_loss() -> None:
+        nonlocal checked_step
+        if bool(nonfinite):
+            where = f"at step {step}" if step - checked_step <= 1 else f"between steps {checked_step + 1} and {step}"
+            raise NonFiniteLossError(
+                f"the training loss became NaN or Inf {where}; stopped. The last good checkpoint is kept at "
+                f"{workdir / 'checkpoints' / 'last.safetensors'} (try a lower train.lr or train.grad_clip)"
+            )
+        checked_step = step
+
     try:
         while step < tc.steps and train_seconds < budget:
             t0 = time.perf_counter()
@@ -203,18 +235,13 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
             # step
             batch = to_device(task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set))),
                               device)
-            loss = task.loss(forward(batch), batch)  # outputs and loss in fp32 under "bf16" too
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss.item()} at step {step}; stopped. The last good checkpoint is kept at "
-                    f"{workdir / 'checkpoints' / 'last.safetensors'} (try a lower train.lr or train.grad_clip)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
+            loss = train_step(model, optimizer, task, batch, tc.precision, tc.grad_clip)
+            nonfinite |= ~torch.isfinite(loss)
             step += 1
+            eval_due = (tc.eval_every_minutes > 0 and train_seconds + time.perf_counter() - t0 >= next_eval_time) \
+                or (tc.eval_every_minutes <= 0 and tc.eval_every > 0 and step % tc.eval_every == 0)
+            if device.type == "cpu" or step % tc.log_every == 0 or step % tc.checkpoint_every == 0 or eval_due:
+                check_loss()  # before anything is logged or saved
             train_seconds += time.perf_counter() - t0
             window_steps += 1
             bar.update(1)
@@ -226,14 +253,14 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
                 bar.set_postfix(loss=f"{loss.item():.5f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
                 window_start, window_steps = time.perf_counter(), 0
             # eval
-            if (tc.eval_every_minutes > 0 and train_seconds >= next_eval_time) or \
-                    (tc.eval_every_minutes <= 0 and tc.eval_every > 0 and step % tc.eval_every == 0):
+            if eval_due:
                 result = validate()
                 next_eval_time += tc.eval_every_minutes * 60
                 window_start, window_steps = time.perf_counter(), 0
             # checkpoint
             if step % tc.checkpoint_every == 0:
                 checkpoint("last", with_optimizer=True)
+        check_loss()
         if last_eval_step != step:
             result = validate()
         checkpoint("last", with_optimizer=True)

@@ -1,0 +1,79 @@
+"""Learning per step, not per minute: train several variants of a preset side by side (one process each) for a
+number of steps and print validation FG-ARI / ARI / mBO against the step, so that designs can be compared by how
+many steps they need (on a GPU, a CPU preset's half hour of steps takes a few minutes; the mathematics and so the
+curve per step are the same, fp32 eager).
+
+    python benchmarks/step_sweep.py --workdir runs/sweep --steps 30000 --every 1000 --minutes 7 \
+        --variant paper=tetrominoes --variant learned=tetrominoes:model.slot_init=learned ...
+
+A variant is NAME=PRESET[:KEY=VALUE,KEY=VALUE...]; --set applies to every variant. Results also go to
+WORKDIR/sweep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+COLUMNS = ("fg_ari", "ari", "mbo")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--variant", action="append", required=True, help="NAME=PRESET[:KEY=VALUE,...]")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="applied to every variant")
+    p.add_argument("--steps", type=int, default=30000)
+    p.add_argument("--every", type=int, default=1000, help="validation every this many steps")
+    p.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget per run (0 = none)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    args = p.parse_args()
+
+    common = [f"train.steps={args.steps}", f"train.eval_every={args.every}", "train.eval_every_minutes=0",
+              f"train.checkpoint_every={args.every * 5}", f"train.max_minutes={args.minutes}",
+              f"train.num_threads={args.threads}", "train.log_every=500", *args.overrides]
+    names = [spec.partition("=")[0] for spec in args.variant]
+    taken = [n for n in names if (args.workdir / n).exists()]
+    if taken or len(set(names)) != len(names):
+        sys.exit(f"step_sweep: variant names must be new and distinct; {args.workdir} already holds {taken}")
+    procs = {}
+    for spec in args.variant:
+        name, _, rest = spec.partition("=")
+        preset, _, sets = rest.partition(":")
+        workdir = args.workdir / name
+        cmd = [sys.executable, "-m", "slotlab", "train", "--experiment", preset, "--workdir", str(workdir)]
+        for kv in common + [s for s in sets.split(",") if s]:
+            cmd += ["--set", kv]
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(args.workdir / f"{name}.log", "w")
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ}), spec)
+    results = {}
+    for name, (proc, spec) in procs.items():
+        proc.wait()
+        metrics = args.workdir / name / "metrics.jsonl"
+        ok = proc.returncode == 0 and metrics.is_file()
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if ok else []
+        results[name] = {"spec": spec, "returncode": proc.returncode,
+                         "val": [{k: r[k] for k in ("step", "train_seconds", *COLUMNS)} for r in rows
+                                 if r["kind"] == "val"]}
+    (args.workdir / "sweep.json").write_text(json.dumps(results, indent=1) + "\n")
+    for column in COLUMNS:
+        steps = sorted({r["step"] for res in results.values() for r in res["val"]})
+        print(f"\nval {column} (%) by step\n")
+        print("| variant | " + " | ".join(str(s) for s in steps) + " |")
+        print("|---|" + "---:|" * len(steps))
+        for name, res in results.items():
+            by_step = {r["step"]: r[column] for r in res["val"]}
+            cells = [f"{100 * by_step[s]:.1f}" if s in by_step else "" for s in steps]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    for name, res in results.items():
+        if res["returncode"]:
+            print(f"{name}: exit {res['returncode']} (see {args.workdir / (name + '.log')})")
+
+
+if __name__ == "__main__":
+    main()
