@@ -24,7 +24,7 @@ def _model_batches(model: nn.Module, data, n: int, batch_size: int, seed: int, p
     ``seed`` in a forked RNG (the caller's random state and the model's train/eval mode are restored)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # the CPU for a model without parameters
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
