@@ -116,7 +116,7 @@ def test_training_does_not_import_tensorflow(tmp_path):
 
 
 def test_train_device_is_resolved_or_rejected_clearly(monkeypatch):
-    from slotlab.train import resolve_device
+    from slotlab.distributed import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

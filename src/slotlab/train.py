@@ -30,6 +30,7 @@ from tqdm import tqdm
 from slotlab.checkpoint import load_checkpoint, save_checkpoint
 from slotlab.compilation import compile_model
 from slotlab.config import ExperimentConfig
+from slotlab.distributed import setup
 from slotlab.models import set_step
 from slotlab.precision import autocast, check_precision
 from slotlab.tasks import get_task
@@ -51,24 +52,6 @@ def batch_indices(step: int, seed: int, batch_size: int, num_items: int) -> torc
     """Scene indices of the batch at ``step``: a function of (seed, step) only, so resuming replays the order."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return torch.randint(num_items, (batch_size,), generator=g)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``train.device``: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N" -> a torch.device."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as err:
-        raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from err
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.device={spec!r} but CUDA is not available here; use 'cpu' or 'auto'")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"train.device={spec!r} but this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -126,9 +109,25 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     workdir = Path(workdir)
     tc = cfg.train
     check_precision(tc.precision)
-    resume_from = prepare_workdir(workdir, cfg, resume)
+    dist = setup(tc.device)  # one process, or this rank of a torchrun job (distributed.py)
+    try:
+        return _train(cfg, workdir, resume, progress, splits, dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, splits: dict | None, dist) -> dict:
+    tc = cfg.train
+    if tc.batch_size % dist.world_size:
+        raise ValueError(f"train.batch_size={tc.batch_size} (the global batch) must divide by the "
+                         f"{dist.world_size} processes")
+    if dist.main:
+        resume_from = prepare_workdir(workdir, cfg, resume)
+    dist.barrier()
+    if not dist.main:
+        resume_from = workdir / "checkpoints" / "last.safetensors" if resume else None
     set_threads(tc.num_threads)
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
 
     # ---- build -------------------------------------------------------------------------------------------------
     task = get_task(cfg)
@@ -136,7 +135,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     train_set, val_set = splits["train"], splits["val"]
     if train_set.resolution != cfg.model.resolution:
         raise ValueError(f"data is {train_set.resolution}px but model.resolution={cfg.model.resolution}")
-    device = resolve_device(tc.device)
+    device = dist.device
     model = task.build_model(cfg).to(device)
     if device.type == "cuda":  # no per-step device sync: data are uint8 scenes, and a NaN shows in the loss check
         model.check_finite = False
@@ -151,24 +150,39 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(torch.tensor(state["cuda_rng"], dtype=torch.uint8), device)
         log.info("resumed from %s at step %d (%.1f min trained)", resume_from, step, train_seconds / 60)
+    if dist.rank > 0:  # each rank its own initial-slot noise, a function of (seed, rank, step)
+        torch.manual_seed(tc.seed * 1_000_003 + dist.rank * 7_919 + step)
+
+    def my_batch(step: int) -> dict:
+        """This rank's share of the batch at ``step`` (the whole batch on one process), on the device."""
+        index = batch_indices(step, tc.seed, tc.batch_size, len(train_set))[dist.rank::dist.world_size]
+        return to_device(task.batch(train_set, index), device)
 
     def warmup_loss():
-        batch = to_device(task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set))), device)
+        batch = my_batch(step)
         with autocast(tc.precision, device):
             return task.loss(model(batch["image"]), batch)
 
     if tc.compile:  # encoder, decoder, head; a warm-up step surfaces compiler failures (compilation.py)
         compile_model(model, warmup_loss, mode=tc.compile_mode)
+    stepper = model  # what the training step calls: the model, or its DDP wrapper averaging gradients over ranks
+    if dist.enabled:  # static_graph: the same parameters take part every step (some never: e.g. the unused slot
+        #               distribution of a learned slot init), which DDP then handles without a per-step search
+        stepper = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
 
     # TensorBoard imports all of TensorFlow when it is installed (seconds, and GBs of address space) just to write
     # event files; the marker module "tensorboard.compat.notf" makes it use its own small TF stub instead.
     sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(workdir / "tb"))
-    metrics_file = open(workdir / "metrics.jsonl", "a")
+    # rank 0 alone logs, evaluates and writes checkpoints; the other ranks only train
+    writer = SummaryWriter(str(workdir / "tb")) if dist.main else None
+    metrics_file = open(workdir / "metrics.jsonl", "a") if dist.main else None
 
     def record(kind: str, values: dict) -> None:
+        if not dist.main:
+            return
         row = {"kind": kind, "step": step, "train_seconds": round(train_seconds, 3), **values}
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
@@ -177,6 +191,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
                 writer.add_scalar(f"{kind}/{key}", value, step)
 
     def checkpoint(name: str, with_optimizer: bool) -> None:
+        if not dist.main:
+            return
         state = {"step": step, "train_seconds": train_seconds, "best": best,
                  "torch_rng": torch.get_rng_state().tolist()}
         if device.type == "cuda":  # the initial-slot noise is drawn on the GPU
@@ -187,6 +203,8 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     def validate() -> dict:
         nonlocal best, last_eval_step
         last_eval_step = step
+        if not dist.main:  # the others go on to the next step and wait there for rank 0's gradients
+            return {}
         result = task.evaluate(model, val_set, batch_size=max(tc.batch_size, 32), seed=tc.seed,
                                precision=tc.precision)
         record("val", result)
@@ -204,19 +222,21 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
     next_eval_time = (train_seconds // (tc.eval_every_minutes * 60) + 1) * tc.eval_every_minutes * 60 \
         if tc.eval_every_minutes > 0 else math.inf
     desc = f"{cfg.name} ({tc.max_minutes:g}-min budget)" if tc.max_minutes > 0 else cfg.name
-    bar = tqdm(total=tc.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=desc)
+    bar = tqdm(total=tc.steps, initial=step, disable=not (progress and dist.main), dynamic_ncols=True, desc=desc)
     model.train()
     result: dict = {}
     last_eval_step = -1
     window_start, window_steps = time.perf_counter(), 0
     # the loss is checked every step on the CPU; on a GPU a flag collects it and is read (a sync) before every log,
-    # evaluation and checkpoint, so that no non-finite state is ever saved
+    # evaluation and checkpoint, so that no non-finite state is ever saved. Under torchrun every rank checks at the
+    # same steps and they agree (a NaN on any rank stops all), and the wall-clock decisions (budget, evaluation
+    # period) use ``clock``, the slowest rank's training time, agreed every log_every steps.
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    checked_step = step
+    checked_step, clock = step, train_seconds
 
     def check_loss() -> None:
         nonlocal checked_step
-        if bool(nonfinite):
+        if dist.any(nonfinite):
             where = f"at step {step}" if step - checked_step <= 1 else f"between steps {checked_step + 1} and {step}"
             raise NonFiniteLossError(
                 f"the training loss became NaN or Inf {where}; stopped. The last good checkpoint is kept at "
@@ -225,7 +245,7 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
         checked_step = step
 
     try:
-        while step < tc.steps and train_seconds < budget:
+        while step < tc.steps and clock < budget:
             t0 = time.perf_counter()
             # lr
             lr = lr_at(step, tc)
@@ -233,16 +253,18 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
                 group["lr"] = lr
             set_step(model, step)
             # step
-            batch = to_device(task.batch(train_set, batch_indices(step, tc.seed, tc.batch_size, len(train_set))),
-                              device)
-            loss = train_step(model, optimizer, task, batch, tc.precision, tc.grad_clip)
+            loss = train_step(stepper, optimizer, task, my_batch(step), tc.precision, tc.grad_clip)
             nonfinite |= ~torch.isfinite(loss)
             step += 1
-            eval_due = (tc.eval_every_minutes > 0 and train_seconds + time.perf_counter() - t0 >= next_eval_time) \
+            if not dist.enabled or step % tc.log_every == 0:
+                clock = dist.max(train_seconds + time.perf_counter() - t0)
+            eval_due = (tc.eval_every_minutes > 0 and clock >= next_eval_time) \
                 or (tc.eval_every_minutes <= 0 and tc.eval_every > 0 and step % tc.eval_every == 0)
             if device.type == "cpu" or step % tc.log_every == 0 or step % tc.checkpoint_every == 0 or eval_due:
                 check_loss()  # before anything is logged or saved
             train_seconds += time.perf_counter() - t0
+            if not dist.enabled:
+                clock = train_seconds
             window_steps += 1
             bar.update(1)
             # log
@@ -264,10 +286,12 @@ def train(cfg: ExperimentConfig, workdir: str | Path, *, resume: bool = False, p
         if last_eval_step != step:
             result = validate()
         checkpoint("last", with_optimizer=True)
+        dist.barrier()  # the other ranks wait for rank 0's last evaluation and checkpoint
     finally:
         bar.close()
-        writer.close()
-        metrics_file.close()
-    stopped = "time budget" if train_seconds >= budget else "step limit"
+        if dist.main:
+            writer.close()
+            metrics_file.close()
+    stopped = "time budget" if clock >= budget else "step limit"
     log.info("finished at step %d after %.1f min of training (%s)", step, train_seconds / 60, stopped)
     return {**result, "step": step, "train_seconds": train_seconds}
