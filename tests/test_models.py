@@ -36,6 +36,28 @@ def test_attention_masks_option():
     assert torch.allclose(out["masks"].flatten(2), out["attn"])
 
 
+def test_background_layer_is_one_more_flat_component():
+    from slotlab.config import ModelConfig
+    from slotlab.models import SetPredictor, validate_model_config
+
+    cfg = get_experiment("tiny")
+    cfg.model.background, cfg.model.mask_source = "uniform", "decoder"
+    model = SlotAttentionAutoEncoder(cfg.model)
+    out = model(torch.rand(2, 3, 35, 35) * 2 - 1)
+    K = cfg.model.num_slots
+    assert out["masks"].shape == (2, K + 1, 1, 35, 35) and out["recons"].shape == (2, K + 1, 3, 35, 35)
+    assert torch.allclose(out["masks"].sum(1), torch.ones(2, 1, 35, 35), atol=1e-5)
+    background = out["recons"][:, K]  # (B, 3, H, W): one colour per image
+    assert torch.equal(background, background[:, :, :1, :1].expand_as(background))
+    assert torch.allclose(out["recon"], (out["recons"] * out["masks"]).sum(1), atol=1e-6)
+    out["recon"].square().mean().backward()
+    assert model.background_logit.grad is not None and model.background_color.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs model.mask_source='decoder'"):
+        validate_model_config(ModelConfig(background="uniform", mask_source="attention"))
+    with pytest.raises(ValueError, match="is for the autoencoder"):
+        SetPredictor(ModelConfig(kind="set_prediction", background="uniform"))
+
+
 @pytest.mark.parametrize("res", [(35, 35), (8, 13), (5, 5), (3, 4)])
 def test_broadcast_stem_is_exact(res):
     torch.manual_seed(0)

@@ -62,6 +62,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.safetensors").read_bytes() == before
 
 
+def test_non_finite_weights_after_a_finite_loss_are_never_checkpointed(tmp_path, monkeypatch):
+    train(tiny("train.steps=2", "train.checkpoint_every=2"), tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "checkpoints" / "last.safetensors").read_bytes()
+    step = torch.optim.Adam.step
+
+    def poisoning_step(self, *args, **kwargs):  # the update of step 4 (a checkpoint step) writes an Inf weight
+        out = step(self, *args, **kwargs)
+        if self.state[self.param_groups[0]["params"][0]]["step"] == 4:
+            self.param_groups[0]["params"][0].data.view(-1)[0] = float("inf")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoning_step)
+    with pytest.raises(NonFiniteLossError, match="weights became NaN or Inf by step 4"):
+        train(tiny("train.steps=6", "train.checkpoint_every=2"), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "last.safetensors").read_bytes() == before
+
+
 def test_time_budget_stops_the_run(tmp_path):
     result = train(tiny("train.steps=100000", "train.max_minutes=0.002"), tmp_path / "run", progress=False)
     assert result["step"] < 100000 and result["train_seconds"] >= 0.12

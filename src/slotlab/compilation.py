@@ -36,6 +36,7 @@ class CompiledParts:
     def __init__(self) -> None:
         self.failed = False
         self.names: list[str] = []
+        self.restore: tuple | None = None  # (slot attention, its fast flag) to put back when falling back
 
     def fall_back(self, where: str, err: BaseException) -> None:
         if not self.failed:
@@ -43,6 +44,9 @@ class CompiledParts:
             log.warning("torch.compile failed in %s (%s: %s); running the model eagerly", where,
                         type(err).__name__, first_line)
         self.failed = True
+        if self.restore is not None:  # eager again: Slot Attention's own (fast) path
+            module, fast = self.restore
+            module.fast = fast
 
 
 class CompiledForward:
@@ -88,6 +92,7 @@ def compile_model(model: nn.Module, warmup: Callable[[], Tensor] | None = None,
         attention = any(p.is_cuda for p in model.parameters())
     parts = COMPILED_PARTS + (("slot_attention",) if attention else ())
     if attention and isinstance(getattr(getattr(model, "slot_attention", None), "fast", None), bool):
+        group.restore = (model.slot_attention, model.slot_attention.fast)  # put back if compilation fails
         model.slot_attention.fast = False  # the plain path: one graph that inductor fuses (no autograd.Function)
     for name in parts:
         part = getattr(model, name, None)

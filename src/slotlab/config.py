@@ -43,6 +43,7 @@ class ModelConfig:
     #                               or "slot_scale" (translation and scale), from its attention (ISA)
     mask_source: str = "decoder"  # alpha masks from the decoder's 4th channel (paper), "attention", or
     #                               "decoder+attention": softmax(decoder logits + w * log attention) (slotlab)
+    background: str = "none"  # "uniform": one more mask component, a flat colour read from the image (slotlab)
     mask_prior_steps: int = 0  # decoder+attention: w falls linearly from 1 to 0 over these steps (0 = w stays 1)
     head_hidden_dim: int = 64  # set prediction: hidden size of the per-slot property MLP
     head_positions: bool = False  # set prediction: the head also sees each slot's attention centroid (slotlab)

@@ -11,11 +11,15 @@ each rank takes an equal share of every batch, and ``DistributedDataParallel`` a
 ``train.batch_size`` stays the *global* batch (the paper's 64 is 64 on any number of GPUs) and must divide by the
 number of processes; the batches are the single-process run's, split by rank, so the gradient is the same
 average (tests/test_distributed.py checks the weights against one process). Rank 0 alone evaluates, logs and
-writes checkpoints; a killed run resumes with ``--resume`` on the same number of processes.
+writes checkpoints; a killed run resumes with ``--resume`` on the same number of processes (every rank reads the
+checkpoint, so several machines need a shared run directory). Only rank 0's random state is saved: after a resume
+the other ranks' initial-slot noise is reseeded from (seed, rank, step), so a resumed multi-process run is not
+bitwise the uninterrupted one (a single-process run is).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -76,6 +80,8 @@ class Distributed:
 
     def barrier(self) -> None:
         if self.enabled:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             dist.barrier()
 
     def close(self) -> None:
@@ -99,5 +105,6 @@ def setup(device_spec: str) -> Distributed:
         torch.cuda.set_device(device)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # rank 0 evaluates and writes checkpoints while the others wait in a barrier: a generous timeout
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
     return Distributed(device, rank, world_size, owns)

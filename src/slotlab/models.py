@@ -39,6 +39,7 @@ class SlotAttentionAutoEncoder(nn.Module):
         ``recon`` (B, 3, H, W) recomposed image; ``recons`` (B, K, 3, H, W) per-slot RGB;
         ``masks`` (B, K, 1, H, W) alpha masks (softmax over K); ``slots`` (B, K, D);
         ``attn`` (B, K, N) last-iteration attention; ``attns`` (B, T, K, N) every iteration's.
+    With ``model.background="uniform"`` ``recons`` and ``masks`` have K + 1 components, the background last.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -65,6 +66,9 @@ class SlotAttentionAutoEncoder(nn.Module):
         # weight of the attention prior on the masks (mask_source="decoder+attention"); saved with the weights
         self.register_buffer("mask_prior_weight", torch.tensor(1.0))
         self.decoder = build_decoder(cfg)
+        if cfg.background == "uniform":  # slotlab option: a background layer behind the K slots
+            self.background_color = keras_init_(nn.Linear(cfg.encoder_channels, 3))  # mean feature -> RGB
+            self.background_logit = nn.Parameter(torch.zeros(1))  # its mask logit, the same at every pixel
         self.fused_recompose = True  # exact; False = autograd's separate ops (fast_paths.set_fast_paths)
         self.check_finite = True  # reject NaN/Inf images (a device sync on a GPU; training turns it off there)
         validate_model_config(cfg)
@@ -75,6 +79,8 @@ class SlotAttentionAutoEncoder(nn.Module):
         features = self.encoder(image)  # (B, N, C)
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
         out = fp32(self.decode(sa))  # (B, K, 4, H, W); fp32 under autocast: mask softmax, recomposition, loss
+        if self.cfg.background == "uniform":  # (B, K + 1, 4, H, W): the background is the last component
+            out = torch.cat([out, self.background(features, out.shape[-2:])], dim=1)
         recons, logits = out[:, :, :3], out[:, :, 3:]  # (B, K, 3, H, W), (B, K, 1, H, W)
         if self.fused_recompose and self.cfg.mask_source == "decoder":
             recon, masks = recompose(out)  # the same softmax and sum, one autograd node (fast_paths.py)
@@ -83,6 +89,13 @@ class SlotAttentionAutoEncoder(nn.Module):
             recon = (recons * masks).sum(dim=1)  # (B, 3, H, W)
         return {"recon": recon, "recons": recons, "masks": masks, "slots": sa["slots"], "attn": sa["attn"],
                 "attns": sa["attns"]}
+
+    def background(self, features: Tensor, size: torch.Size) -> Tensor:
+        """The background layer (``model.background="uniform"``): one flat colour per image, read from the mean of
+        the encoder's features (B, N, C), and one learned mask logit -> (B, 1, 4, H, W) like a slot's output."""
+        color = fp32(self.background_color(features.mean(dim=1)))  # (B, 3)
+        logit = self.background_logit.expand(color.shape[0], 1)  # (B, 1)
+        return torch.cat([color, logit.to(color.dtype)], dim=1)[:, None, :, None, None].expand(-1, -1, -1, *size)
 
     def decode(self, sa: dict[str, Tensor]) -> Tensor:
         """Slot Attention's output -> (B, K, 4, H, W) per-slot RGB and mask logit, in the configured frame."""
@@ -119,6 +132,8 @@ class SetPredictor(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layout = get_layout(cfg.set_layout)
+        if cfg.background != "none":
+            raise ValueError(f"model.background={cfg.background!r} is for the autoencoder; set prediction has none")
         if cfg.attention != "slot":
             raise ValueError(f"set prediction supports model.attention='slot' only, got {cfg.attention!r}")
         self.encoder = Encoder((cfg.resolution, cfg.resolution), cfg.encoder_channels, tuple(cfg.encoder_strides),
@@ -165,6 +180,10 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.decoder_frame must be 'image', 'slot' or 'slot_scale', got {cfg.decoder_frame!r}")
     if cfg.decoder_frame != "image" and (cfg.decoder != "mlp" or any(s != 1 for s in cfg.encoder_strides)):
         raise ValueError("model.decoder_frame='slot' needs decoder='mlp' and a full-resolution encoder")
+    if cfg.background not in ("none", "uniform"):
+        raise ValueError(f"model.background must be 'none' or 'uniform', got {cfg.background!r}")
+    if cfg.background != "none" and cfg.mask_source != "decoder":
+        raise ValueError("model.background='uniform' needs model.mask_source='decoder'")
     if cfg.mask_source != "decoder" and any(s != 1 for s in cfg.encoder_strides):
         raise ValueError(f"model.mask_source={cfg.mask_source!r} needs a full-resolution encoder (all strides 1)")
 

@@ -144,6 +144,8 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
     step, train_seconds, best = 0, 0.0, -math.inf
     if resume_from is not None:
         meta = load_checkpoint(resume_from, model, optimizer)
+        for group in optimizer.param_groups:  # the checkpoint's groups may come from another device
+            group["fused"] = device.type == "cuda"
         state = meta["state"]
         step, train_seconds, best = state["step"], state["train_seconds"], state.get("best", -math.inf)
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
@@ -190,9 +192,18 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
             if isinstance(value, (int, float)) and math.isfinite(value):
                 writer.add_scalar(f"{kind}/{key}", value, step)
 
+    def check_weights() -> None:
+        """The loss check covers the forward; a finite loss can still come with non-finite gradients and weights."""
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise NonFiniteLossError(
+                f"the weights became NaN or Inf by step {step}; stopped before using or writing them. The last "
+                f"good checkpoint is kept at {workdir / 'checkpoints' / 'last.safetensors'} (try a lower train.lr "
+                "or train.grad_clip)")
+
     def checkpoint(name: str, with_optimizer: bool) -> None:
         if not dist.main:
             return
+        check_weights()
         state = {"step": step, "train_seconds": train_seconds, "best": best,
                  "torch_rng": torch.get_rng_state().tolist()}
         if device.type == "cuda":  # the initial-slot noise is drawn on the GPU
@@ -203,8 +214,10 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
     def validate() -> dict:
         nonlocal best, last_eval_step
         last_eval_step = step
-        if not dist.main:  # the others go on to the next step and wait there for rank 0's gradients
+        if not dist.main:  # the others wait for rank 0's evaluation, outside their timed steps
+            dist.barrier()
             return {}
+        check_weights()
         result = task.evaluate(model, val_set, batch_size=max(tc.batch_size, 32), seed=tc.seed,
                                precision=tc.precision)
         record("val", result)
@@ -215,6 +228,7 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
         if tc.report_test:  # logged for learning curves only; the checkpoint is chosen on validation above
             record("test", task.evaluate(model, splits["test"], batch_size=max(tc.batch_size, 32), seed=tc.seed,
                                          precision=tc.precision))
+        dist.barrier()
         return result
 
     # ---- loop --------------------------------------------------------------------------------------------------
@@ -228,9 +242,10 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
     last_eval_step = -1
     window_start, window_steps = time.perf_counter(), 0
     # the loss is checked every step on the CPU; on a GPU a flag collects it and is read (a sync) before every log,
-    # evaluation and checkpoint, so that no non-finite state is ever saved. Under torchrun every rank checks at the
-    # same steps and they agree (a NaN on any rank stops all), and the wall-clock decisions (budget, evaluation
-    # period) use ``clock``, the slowest rank's training time, agreed every log_every steps.
+    # evaluation and checkpoint (which also checks the weights), so that no non-finite state is saved. Under
+    # torchrun every rank checks at the same steps and they agree (a NaN on any rank stops all), and the wall-clock
+    # decisions (budget, evaluation period) use ``clock``, the slowest rank's training time, agreed every log_every
+    # steps; rank 0's evaluations and checkpoints end in a barrier, outside the timed steps.
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     checked_step, clock = step, train_seconds
 
@@ -256,8 +271,10 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
             loss = train_step(stepper, optimizer, task, my_batch(step), tc.precision, tc.grad_clip)
             nonfinite |= ~torch.isfinite(loss)
             step += 1
-            if not dist.enabled or step % tc.log_every == 0:
+            if not dist.enabled or step % tc.log_every == 0:  # under torchrun all ranks take the slowest's time
                 clock = dist.max(train_seconds + time.perf_counter() - t0)
+                if dist.enabled:
+                    train_seconds = clock - (time.perf_counter() - t0)
             eval_due = (tc.eval_every_minutes > 0 and clock >= next_eval_time) \
                 or (tc.eval_every_minutes <= 0 and tc.eval_every > 0 and step % tc.eval_every == 0)
             if device.type == "cpu" or step % tc.log_every == 0 or step % tc.checkpoint_every == 0 or eval_due:
@@ -282,6 +299,7 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
             # checkpoint
             if step % tc.checkpoint_every == 0:
                 checkpoint("last", with_optimizer=True)
+                dist.barrier()  # the others wait for it outside their timed steps
         check_loss()
         if last_eval_step != step:
             result = validate()
