@@ -293,7 +293,8 @@ class MLPDecoder(nn.Module):
         """Coarse-to-fine (as BARF, Lin et al. 2021): at ``progress`` in [0, 1] of the schedule, bands up to
         progress * num_freqs are open, the next one partly (cosine ramp)."""
         alpha = progress * self.num_freqs
-        t = (alpha - torch.arange(self.num_freqs, dtype=torch.float32)).clamp(0, 1)
+        bands = torch.arange(self.num_freqs, dtype=torch.float32, device=self.band_weights.device)
+        t = (alpha - bands).clamp(0, 1)  # on the buffer's device: no host-to-device copy (a sync on a GPU)
         self.band_weights.copy_((1 - torch.cos(t * torch.pi)) / 2)
 
     def features(self, coords: Tensor) -> Tensor:
