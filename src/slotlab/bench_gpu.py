@@ -19,7 +19,8 @@ weights and the same fixed batch of random images in [-1, 1]:
 
 Modes are timed in interleaved rounds (each mode ``steps`` steps per round, CUDA events around the round, after
 warm-up steps that include compilation). Reported per mode: median ms/step, images/s, the ratio to ``fp32``, the
-peak allocated GPU memory, and the projected wall time of the paper's 500K-step schedule at that speed. Optional:
+peak GPU memory its steps allocate (above the resident weights; the H100 table in docs/performance.md predates
+this and includes them), and the projected wall time of the paper's 500K-step schedule at that speed. Optional:
 a parity table (each mode's reconstruction against ``fp32`` on the same input and initial slots) and a profile of
 the heaviest CUDA kernels of a mode (``torch.profiler``), with the GPU's busy fraction of the step.
 """
@@ -126,7 +127,8 @@ def build_steps(preset: str, batch: int, modes: list[str], device: torch.device,
 
 def time_modes(steps: dict[str, Callable], n_steps: int, rounds: int, warmup: int
                ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Per mode: ms/step of each round (CUDA events), and the peak allocated memory (MiB) of one round."""
+    """Per mode: ms/step of each round (CUDA events), and the peak GPU memory (MiB) its steps allocate above what
+    was already resident (all modes' weights and optimizer states)."""
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -139,6 +141,7 @@ def time_modes(steps: dict[str, Callable], n_steps: int, rounds: int, warmup: in
         for name in names:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            resident = torch.cuda.memory_allocated()  # every mode's weights and Adam state, held throughout
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             for _ in range(n_steps):
@@ -146,7 +149,7 @@ def time_modes(steps: dict[str, Callable], n_steps: int, rounds: int, warmup: in
             end.record()
             torch.cuda.synchronize()
             times[name].append(start.elapsed_time(end) / n_steps)
-            peak[name] = max(peak.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**20)
+            peak[name] = max(peak.get(name, 0.0), (torch.cuda.max_memory_allocated() - resident) / 2**20)
     return times, peak
 
 

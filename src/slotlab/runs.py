@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -17,6 +18,11 @@ from slotlab.models import build_model
 from slotlab.tasks import get_task
 
 log = logging.getLogger(__name__)
+
+
+def _rank0() -> bool:
+    """Whether this process writes run files: always on one process, rank 0 under torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def train_run(experiment: str, workdir: Path, overrides: list[str], resume: bool, progress: bool = True,
@@ -37,7 +43,7 @@ def train_run(experiment: str, workdir: Path, overrides: list[str], resume: bool
         cfg = get_experiment(experiment)
     apply_overrides(cfg, overrides)
     set_threads(cfg.train.num_threads)
-    if resume and overrides:
+    if resume and overrides and _rank0():
         cfg.save(workdir / "config.json")
     splits = data_splits(workdir, cfg, data, val_data, resume)
     return train(cfg, workdir, resume=resume, progress=progress, splits=splits)
@@ -66,7 +72,8 @@ def data_splits(workdir: Path, cfg: ExperimentConfig, data: str | None, val_data
     splits = {"train": load_scenes(train_spec), "val": load_scenes(val_spec)}
     if not resume and not (Path(workdir) / "checkpoints" / "last.safetensors").is_file():
         Path(workdir).mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"data": data, "val_data": val_data}, indent=2) + "\n")
+        if _rank0():
+            record.write_text(json.dumps({"data": data, "val_data": val_data}, indent=2) + "\n")
     return splits
 
 

@@ -131,7 +131,12 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
 
     # ---- build -------------------------------------------------------------------------------------------------
     task = get_task(cfg)
-    splits = splits or task.build_splits(cfg.data)
+    if splits is None:  # under torchrun rank 0 generates (and caches) the built-in data first, the others read it
+        if dist.main:
+            splits = task.build_splits(cfg.data)
+        dist.barrier()
+        if not dist.main:
+            splits = task.build_splits(cfg.data)
     train_set, val_set = splits["train"], splits["val"]
     if train_set.resolution != cfg.model.resolution:
         raise ValueError(f"data is {train_set.resolution}px but model.resolution={cfg.model.resolution}")
