@@ -28,6 +28,8 @@ def test_data_generate_then_eval_on_it(tmp_path, capsys):
     assert main(["viz", "--workdir", str(run), "--data", f"cache:{tmp_path / 'missing'}", "--out",
                  str(tmp_path / "w.png")]) == 2
     assert "missing" in capsys.readouterr().err
+    assert main(["eval", "--workdir", str(run), "--device", "tpu"]) == 2  # a device that is not one
+    assert "eval --device must be" in capsys.readouterr().err
 
 
 def test_demo_writes_report_and_pictures(tmp_path):

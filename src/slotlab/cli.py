@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--num-slots", type=int, default=None, help="number of slots at test time")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N scenes")
+    e.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N or auto")
     e.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
 
     d = sub.add_parser("data", help="built-in datasets")
@@ -182,7 +183,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "eval":
         result = runs.eval_run(args.workdir, args.data, args.checkpoint, args.num_slots, args.num_iters,
-                               args.batch_size, args.limit)
+                               args.batch_size, args.limit, args.device)
         from slotlab.evaluate import format_metrics, format_set_metrics
 
         print(format_set_metrics(result) if "ap_inf" in result else format_metrics(result))

@@ -27,21 +27,22 @@ import torch
 import torch.distributed as dist
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``train.device``: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N" -> a torch.device."""
+def resolve_device(spec: str, what: str = "train.device") -> torch.device:
+    """``train.device`` (or ``what``): "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N" -> a
+    torch.device."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError as err:
-        raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from err
+        raise ValueError(f"{what} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from err
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+        raise ValueError(f"{what} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"train.device={spec!r} but CUDA is not available here; use 'cpu' or 'auto'")
+            raise ValueError(f"{what}={spec!r} but CUDA is not available here; use 'cpu' or 'auto'")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"train.device={spec!r} but this machine has {torch.cuda.device_count()} GPU(s)")
+            raise ValueError(f"{what}={spec!r} but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 

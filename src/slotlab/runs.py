@@ -121,9 +121,15 @@ def task_data(spec: str, cfg: ExperimentConfig):
 
 
 def eval_run(workdir: Path, data: str = "test", checkpoint: str = "best", num_slots: int | None = None,
-             num_iters: int | None = None, batch_size: int = 64, limit: int | None = None) -> dict:
-    """``slotlab eval``: metrics of the run's model on ``data``."""
+             num_iters: int | None = None, batch_size: int = 64, limit: int | None = None,
+             device: str = "cpu") -> dict:
+    """``slotlab eval``: metrics of the run's model on ``data``, its forward on ``device`` ("cpu", "cuda", "auto":
+    the metrics are computed on the CPU either way; the initial-slot noise comes from that device's generator, so
+    the numbers differ slightly between devices, by the random draw only)."""
+    from slotlab.distributed import resolve_device
+
     model, cfg = load_model(workdir, checkpoint)
+    model.to(resolve_device(device, "eval --device"))
     task = get_task(cfg)
     scenes = task_data(data, cfg)
     result = task.evaluate(model, scenes, batch_size=batch_size, num_slots=num_slots, num_iters=num_iters,
