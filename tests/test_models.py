@@ -11,7 +11,7 @@ def test_every_preset_builds_and_takes_one_training_step(name):
     cfg = get_experiment(name)
     torch.manual_seed(0)
     model = SlotAttentionAutoEncoder(cfg.model)
-    res, K = cfg.model.resolution, cfg.model.num_slots
+    res, K = cfg.model.resolution, cfg.model.num_slots + (cfg.model.background != "none")  # + a background layer
     image = torch.rand(2, 3, res, res) * 2 - 1
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=cfg.train.adam_eps)
     out = model(image)
@@ -19,13 +19,13 @@ def test_every_preset_builds_and_takes_one_training_step(name):
     assert out["recons"].shape == (2, K, 3, res, res)
     assert out["masks"].shape == (2, K, 1, res, res)
     assert torch.allclose(out["masks"].sum(1), torch.ones(2, 1, res, res), atol=1e-5)
-    assert out["slots"].shape == (2, K, cfg.model.slot_dim)
+    assert out["slots"].shape == (2, cfg.model.num_slots, cfg.model.slot_dim)
     loss = torch.nn.functional.mse_loss(out["recon"], image)
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, pname
+    for pname, p in model.named_parameters():  # every trainable one (a learned slot init freezes mu, log-sigma)
+        assert (p.grad is not None) == p.requires_grad, pname
 
 
 def test_attention_masks_option():

@@ -53,6 +53,8 @@ class InvariantSlotAttention(nn.Module):
         self.slot_init = slot_init
         if slot_init == "learned":  # one learned initial vector per slot (BO-QSA): K is fixed
             self.slots_init = nn.Parameter(torch.empty(1, num_slots, slot_dim))
+            for unused in (self.slots_mu, self.slots_log_sigma):  # kept for checkpoints; no gradient, no update
+                unused.requires_grad_(False)
         elif slot_init != "random":
             raise ValueError(f"InvariantSlotAttention: slot_init must be 'random' or 'learned', got {slot_init!r}")
         grid = build_grid(*resolution)[0, :2].flatten(1).T * 2 - 1  # (N, 2), (y, x) in [-1, 1]

@@ -94,6 +94,8 @@ class SlotAttention(nn.Module):
         self.slot_init = slot_init
         if slot_init == "learned":
             self.slots_init = nn.Parameter(torch.empty(1, num_slots, slot_dim))
+            for unused in (self.slots_mu, self.slots_log_sigma):  # kept for checkpoints; no gradient, no update
+                unused.requires_grad_(False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
