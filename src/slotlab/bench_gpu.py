@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slotlab.compilation import compile_model
@@ -42,7 +41,7 @@ from slotlab.fast_paths import set_fast_paths
 from slotlab.models import build_model
 from slotlab.precision import autocast
 from slotlab.tasks import get_task
-from slotlab.train import train_step
+from slotlab.train import forward_loss, train_step
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +100,10 @@ def build_steps(preset: str, batch: int, modes: list[str], device: torch.device,
         model.check_finite = False  # as train() on a GPU
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, eps=cfg.train.adam_eps, fused=True)
 
-        def loss_fn(model=model, mode=mode) -> torch.Tensor:
-            with autocast(mode.precision, device):
-                out = model(images)
-            return F.mse_loss(out["recon"], images)
-
         if mode.compile:
             set_tf32(mode.tf32_conv)
-            group = compile_model(model, loss_fn, mode=mode.compile)
+            group = compile_model(model, lambda model=model, mode=mode: forward_loss(
+                model, task, {"image": images}, mode.precision), mode=mode.compile)
             if group.failed:
                 log.warning("%s: compilation failed; this mode runs eagerly", name)
 

@@ -61,16 +61,22 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def forward_loss(model: torch.nn.Module, task, batch: dict, precision: str) -> torch.Tensor:
+    """The task's training loss of ``batch`` (on the model's device): the forward under bf16 autocast for
+    ``precision="bf16"`` (precision.py), the outputs and the loss in fp32 either way."""
+    with autocast(precision, batch["image"].device):
+        out = model(batch["image"])
+    return task.loss(out, batch)
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task, batch: dict, precision: str,
                grad_clip: float = 0.0) -> torch.Tensor:
-    """One optimisation step on ``batch`` (already on the model's device): forward (under bf16 autocast for
-    ``precision="bf16"``), the task's loss, backward, optional gradient clipping, the optimizer's update.
-    Returns the detached loss; no device sync (the caller checks it is finite)."""
+    """One optimisation step on ``batch`` (already on the model's device): :func:`forward_loss`, backward, optional
+    gradient clipping, the optimizer's update. Returns the detached loss; no device sync (the caller checks it is
+    finite)."""
     if batch["image"].is_cuda:  # a new step for CUDA graphs (train.compile_mode="reduce-overhead"); else a no-op
         torch.compiler.cudagraph_mark_step_begin()
-    with autocast(precision, batch["image"].device):  # "bf16": mixed precision (precision.py)
-        out = model(batch["image"])
-    loss = task.loss(out, batch)  # outputs and loss in fp32 under "bf16" too
+    loss = forward_loss(model, task, batch, precision)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
@@ -165,13 +171,8 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
         index = batch_indices(step, tc.seed, tc.batch_size, len(train_set))[dist.rank::dist.world_size]
         return to_device(task.batch(train_set, index), device)
 
-    def warmup_loss():
-        batch = my_batch(step)
-        with autocast(tc.precision, device):
-            return task.loss(model(batch["image"]), batch)
-
     if tc.compile:  # encoder, decoder, head; a warm-up step surfaces compiler failures (compilation.py)
-        compile_model(model, warmup_loss, mode=tc.compile_mode)
+        compile_model(model, lambda: forward_loss(model, task, my_batch(step), tc.precision), mode=tc.compile_mode)
     stepper = model  # what the training step calls: the model, or its DDP wrapper averaging gradients over ranks
     if dist.enabled:  # static_graph: the same parameters take part every step (some never: e.g. the unused slot
         #               distribution of a learned slot init), which DDP then handles without a per-step search
