@@ -59,7 +59,9 @@ def assert_parity(sa, loss_fn=slots_loss, shape=(2, 30, 12), **call):
 
 
 @pytest.mark.parametrize("kw", [{}, {"qkv_bias": True}, {"implicit_grad": True}, {"slot_init": "learned"},
-                                {"ln_eps": 1e-5, "eps": 1e-3}])
+                                {"ln_eps": 1e-5, "eps": 1e-3},
+                                {"implicit_grad": True, "straight_through": True, "slot_init": "learned"},
+                                {"implicit_grad": True, "straight_through": True}])
 @pytest.mark.parametrize("loss_fn", [slots_loss, attn_loss])
 def test_fast_matches_plain(kw, loss_fn):
     assert_parity(make(**kw), loss_fn)
@@ -188,3 +190,27 @@ def test_implicit_grad_same_forward_different_gradient(fast):
     assert grads_d["slots_mu"] is not None and grads_i["slots_mu"] is None  # the slots are detached before T
     for name, got, want in [("inputs", dx_i, dx_d), ("to_q.weight", grads_i["to_q.weight"], grads_d["to_q.weight"])]:
         assert (got - want).abs().max() > 1e-3 * want.abs().max(), name
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_straight_through_sends_the_last_iterations_input_gradient_to_the_initial_slots(fast):
+    """BO-QSA: the forward is the default's; the initial slots get exactly the gradient that reaches the last
+    iteration's input (computed here by running that iteration alone from the slots of T - 1 iterations)."""
+    sa = make(slot_init="learned", num_iters=3)
+    sa.fast = fast
+    x = torch.randn(2, 30, 12)
+    default = sa(x)["slots"]
+    sa.implicit_grad, sa.straight_through = True, True
+    out = sa(x)
+    assert torch.equal(out["slots"], default)
+    sa.zero_grad()
+    slots_loss(out).backward()
+    got = sa.slots_init.grad.clone()
+    with torch.no_grad():
+        before_last = sa(x, num_iters=2)["slots"]
+    s = before_last.clone().requires_grad_()
+    sa.implicit_grad, sa.straight_through = False, False
+    (want,) = torch.autograd.grad(slots_loss(sa(x, slots=s, num_iters=1)), s)
+    assert (got - want.sum(dim=0, keepdim=True)).abs().max() <= 1e-4 * want.abs().max()
+    with pytest.raises(ValueError, match="needs implicit_grad"):
+        SlotAttention(4, 12, straight_through=True)

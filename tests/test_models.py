@@ -54,21 +54,25 @@ def test_background_layer_is_one_more_flat_component():
     assert model.background_logit.grad is not None and model.background_color.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="needs model.mask_source='decoder'"):
         validate_model_config(ModelConfig(background="uniform", mask_source="attention"))
+    with pytest.raises(ValueError, match="model.decoder_kernel must be an odd"):
+        validate_model_config(ModelConfig(decoder_kernel=4))
     with pytest.raises(ValueError, match="is for the autoencoder"):
         SetPredictor(ModelConfig(kind="set_prediction", background="uniform"))
 
 
-@pytest.mark.parametrize("res", [(35, 35), (8, 13), (5, 5), (3, 4)])
-def test_broadcast_stem_is_exact(res):
+@pytest.mark.parametrize("res,kernel", [((35, 35), 5), ((8, 13), 5), ((5, 5), 5), ((3, 4), 5), ((35, 35), 3),
+                                        ((4, 7), 3)])
+def test_broadcast_stem_is_exact(res, kernel):
     torch.manual_seed(0)
-    stem = BroadcastStem(slot_dim=6, channels=5, resolution=res)
+    stem = BroadcastStem(slot_dim=6, channels=5, resolution=res, kernel_size=kernel)
     slots = torch.randn(4, 6)
     assert (stem(slots) - stem.plain(slots)).abs().max() < 1e-5
 
 
-def test_broadcast_decoder_fast_equals_plain():
+@pytest.mark.parametrize("kernel", [5, 3])
+def test_broadcast_decoder_fast_equals_plain(kernel):
     torch.manual_seed(0)
-    dec = BroadcastDecoder(8, (12, 12), channels=6, num_layers=2)
+    dec = BroadcastDecoder(8, (12, 12), channels=6, num_layers=2, kernel_size=kernel)
     slots = torch.randn(2, 3, 8)
     fast = dec(slots)
     dec.fast_stem = False

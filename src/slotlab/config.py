@@ -30,12 +30,14 @@ class ModelConfig:
     decoder: str = "upsample"  # "upsample" (CLEVR), "broadcast" (full resolution), "mlp" (per pixel)
     decoder_channels: int = 64
     decoder_layers: int = 3  # broadcast: convs before the output conv; mlp: hidden layers
+    decoder_kernel: int = 5  # broadcast decoder: kernel of its convs before the 3x3 output conv
     decoder_freqs: int = 0  # mlp decoder: Fourier frequencies of the pixel coordinates
     decoder_table: bool = False  # mlp decoder in slot frames: a learned feature per relative pixel offset
     decoder_freq_steps: int = 0  # mlp decoder: open the frequency bands coarse-to-fine over these steps (0 = all)
     broadcast_size: int = 8  # upsample decoder: broadcast grid side
     fast_stem: bool = True  # broadcast decoder: exact cheaper first layer
     implicit_grad: bool = False  # detach slots before the last iteration (Chang et al. 2022)
+    straight_through: bool = False  # with implicit_grad: that gradient goes to the initial slots (BO-QSA)
     attention: str = "slot"  # "slot" (the paper) or "invariant" (slot-centric frames, Biza et al. 2023; mlp decoder)
     slot_init: str = "random"  # "random" (paper: shared mu, sigma) or "learned" (one vector per slot, BO-QSA)
     grid_hidden_dim: int = 64  # invariant: hidden size of the relative-position key encoder

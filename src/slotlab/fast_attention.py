@@ -110,6 +110,7 @@ class _SlotIterations(torch.autograd.Function):
         saved = {"steps": []}
         slots_out, attns = iterate(sa, x, slots, num_iters, buf, saved)
         ctx.num_iters, ctx.implicit_grad, ctx.saved = num_iters, implicit_grad, saved
+        ctx.straight_through = implicit_grad and sa.straight_through
         ctx.params = params
         ctx.save_for_backward(x)
         ctx.buf = buf  # not save_for_backward: the backward rewrites its gradient rows (fully, on every call)
@@ -130,6 +131,7 @@ class _SlotIterations(torch.autograd.Function):
         d_params: list[Tensor | None] = [None] * len(params)
         rows = x.new_zeros(B, 2 * T * K + 1, Din)  # [q'_1..T ; dY_1..T ; d x_sum]
         x_sum = saved["x_sum"]  # (B, Din), a leaf of the small graphs
+        d_init_straight = None  # straight_through: the last iteration's input-slot gradient, for the initial slots
         for t in reversed(range(T)):
             slots_t, q_x, offset, attn_x, attn_sum, out = saved["steps"][t]  # leaves and outputs of the graphs
             a = buf[:, (T + t) * K:(T + t + 1) * K]  # (B, K, N)
@@ -161,7 +163,13 @@ class _SlotIterations(torch.autograd.Function):
                                             retain_graph=True)  # a second backward (retain_graph) needs them
                 _accumulate(d_params, live, grads[1:])
                 d_slots_t = grads[0] if d_slots_t is None else d_slots_t + grads[0]
-            d_slots = None if (ctx.implicit_grad and t == T - 1) else d_slots_t
+            if ctx.implicit_grad and t == T - 1:
+                d_init_straight = d_slots_t if ctx.straight_through else None
+                d_slots = None
+            else:
+                d_slots = d_slots_t
+        if d_init_straight is not None:
+            d_slots = d_init_straight if d_slots is None else d_slots + d_init_straight
         d_x = None
         if need_x:
             buf[:, -1] = 1

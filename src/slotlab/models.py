@@ -23,7 +23,8 @@ from slotlab.slot_attention import SlotAttention
 def build_decoder(cfg: ModelConfig) -> nn.Module:
     res = (cfg.resolution, cfg.resolution)
     if cfg.decoder == "broadcast":
-        return BroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, cfg.decoder_layers, fast_stem=cfg.fast_stem)
+        return BroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, cfg.decoder_layers, cfg.decoder_kernel,
+                                fast_stem=cfg.fast_stem)
     if cfg.decoder == "upsample":
         return UpsampleBroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, (cfg.broadcast_size,) * 2)
     if cfg.decoder == "mlp":
@@ -44,6 +45,7 @@ class SlotAttentionAutoEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        validate_model_config(cfg)
         self.cfg = cfg
         invariant = cfg.attention == "invariant"
         if cfg.attention not in ("slot", "invariant"):
@@ -60,7 +62,7 @@ class SlotAttentionAutoEncoder(nn.Module):
         else:
             self.slot_attention = SlotAttention(
                 cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters, cfg.mlp_hidden_dim,
-                implicit_grad=cfg.implicit_grad, slot_init=cfg.slot_init,
+                implicit_grad=cfg.implicit_grad, straight_through=cfg.straight_through, slot_init=cfg.slot_init,
             )
             self.slot_attention.check_finite = False  # the image is checked here; NaN weights surface in the loss
         # weight of the attention prior on the masks (mask_source="decoder+attention"); saved with the weights
@@ -71,7 +73,6 @@ class SlotAttentionAutoEncoder(nn.Module):
             self.background_logit = nn.Parameter(torch.zeros(1))  # its mask logit, the same at every pixel
         self.fused_recompose = True  # exact; False = autograd's separate ops (fast_paths.set_fast_paths)
         self.check_finite = True  # reject NaN/Inf images (a device sync on a GPU; training turns it off there)
-        validate_model_config(cfg)
 
     def forward(self, image: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None) -> dict[str, Tensor]:
@@ -140,7 +141,7 @@ class SetPredictor(nn.Module):
                                kernel_size=cfg.encoder_kernel, mlp_dim=cfg.encoder_mlp_dim)
         self.slot_attention = SlotAttention(
             cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters, cfg.mlp_hidden_dim,
-            implicit_grad=cfg.implicit_grad, slot_init=cfg.slot_init,
+            implicit_grad=cfg.implicit_grad, straight_through=cfg.straight_through, slot_init=cfg.slot_init,
         )
         self.slot_attention.check_finite = False  # the image is checked here
         self.check_finite = True  # reject NaN/Inf images (a device sync on a GPU; training turns it off there)
@@ -180,6 +181,10 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.decoder_frame must be 'image', 'slot' or 'slot_scale', got {cfg.decoder_frame!r}")
     if cfg.decoder_frame != "image" and (cfg.decoder != "mlp" or any(s != 1 for s in cfg.encoder_strides)):
         raise ValueError("model.decoder_frame='slot' needs decoder='mlp' and a full-resolution encoder")
+    for key in ("encoder_kernel", "decoder_kernel"):
+        k = getattr(cfg, key)
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"model.{key} must be an odd positive kernel size (1, 3, 5, ...), got {k}")
     if cfg.background not in ("none", "uniform"):
         raise ValueError(f"model.background must be 'none' or 'uniform', got {cfg.background!r}")
     if cfg.background != "none" and cfg.mask_source != "decoder":

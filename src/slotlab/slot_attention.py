@@ -39,6 +39,9 @@ class SlotAttention(nn.Module):
         qkv_bias: give q, k, v a bias (False in the paper; True to match lucidrains' slot-attention).
         ln_eps: LayerNorm epsilon (1e-3 = Keras, as the paper; 1e-5 to match PyTorch-default ports).
         implicit_grad: detach the slots before the last iteration (Chang et al., 2022). Changes gradients only.
+        straight_through: with ``implicit_grad``, the gradient stopped before the last iteration goes straight to
+            the initial slots instead (BO-QSA's bi-level optimisation, Jia et al. 2023: the learned initial slots
+            are then trained as if they were the last iteration's input). Changes gradients only.
         slot_init: "random" (the paper: mu + sigma * noise, shared by all slots) or "learned" (one learned initial
             vector per slot, as BO-QSA, Jia et al. 2023: breaks the symmetry between slots; K is then fixed).
         fast: use the fast path (:mod:`slotlab.fast_attention`: same mathematics, k and v never built, a
@@ -60,6 +63,7 @@ class SlotAttention(nn.Module):
         qkv_bias: bool = False,
         ln_eps: float = 1e-3,
         implicit_grad: bool = False,
+        straight_through: bool = False,
         slot_init: str = "random",
         fast: bool = True,
     ) -> None:
@@ -74,6 +78,10 @@ class SlotAttention(nn.Module):
         self.num_iters = num_iters
         self.eps = eps
         self.implicit_grad = implicit_grad
+        if straight_through and not implicit_grad:
+            raise ValueError("SlotAttention: straight_through=True needs implicit_grad=True (it routes the gradient "
+                             "that implicit_grad stops)")
+        self.straight_through = straight_through
         self.fast = fast
         self.fast_min_inputs = 2048  # B*N; measured break-even of the fast path on a 2-core CPU (docs/performance.md)
         self.check_finite = True  # models that validate their own inputs turn this per-call check off
@@ -157,6 +165,8 @@ class SlotAttention(nn.Module):
         for it in range(num_iters):
             if self.implicit_grad and it == num_iters - 1:
                 slots = slots.detach()
+                if self.straight_through:  # same value; the gradient goes to the initial slots (BO-QSA)
+                    slots = slots + (init_slots - init_slots.detach())
             slots, attn = self.step(slots, k, v, keep)
             attns.append(attn)
         return {"slots": slots, "attn": attns[-1], "attns": torch.stack(attns, dim=1), "init_slots": init_slots}
