@@ -56,6 +56,8 @@ def test_background_layer_is_one_more_flat_component():
         validate_model_config(ModelConfig(background="uniform", mask_source="attention"))
     with pytest.raises(ValueError, match="model.decoder_kernel must be an odd"):
         validate_model_config(ModelConfig(decoder_kernel=4))
+    with pytest.raises(ValueError, match="need model.attention='slot'"):
+        validate_model_config(ModelConfig(attention="invariant", decoder="mlp", implicit_grad=True))
     with pytest.raises(ValueError, match="is for the autoencoder"):
         SetPredictor(ModelConfig(kind="set_prediction", background="uniform"))
 

@@ -48,10 +48,6 @@ class SlotAttentionAutoEncoder(nn.Module):
         validate_model_config(cfg)
         self.cfg = cfg
         invariant = cfg.attention == "invariant"
-        if cfg.attention not in ("slot", "invariant"):
-            raise ValueError(f"model.attention must be 'slot' or 'invariant', got {cfg.attention!r}")
-        if invariant and cfg.decoder not in ("mlp", "broadcast"):
-            raise ValueError("model.attention='invariant' needs decoder 'mlp' or 'broadcast' (slot frames)")
         self.encoder = Encoder((cfg.resolution, cfg.resolution), cfg.encoder_channels, tuple(cfg.encoder_strides),
                                kernel_size=cfg.encoder_kernel, mlp_dim=cfg.encoder_mlp_dim, pos_embed=not invariant)
         if invariant:
@@ -181,6 +177,13 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.decoder_frame must be 'image', 'slot' or 'slot_scale', got {cfg.decoder_frame!r}")
     if cfg.decoder_frame != "image" and (cfg.decoder != "mlp" or any(s != 1 for s in cfg.encoder_strides)):
         raise ValueError("model.decoder_frame='slot' needs decoder='mlp' and a full-resolution encoder")
+    if cfg.attention not in ("slot", "invariant"):
+        raise ValueError(f"model.attention must be 'slot' or 'invariant', got {cfg.attention!r}")
+    if cfg.attention == "invariant" and cfg.decoder not in ("mlp", "broadcast"):
+        raise ValueError("model.attention='invariant' needs decoder 'mlp' or 'broadcast' (slot frames)")
+    if cfg.attention == "invariant" and (cfg.implicit_grad or cfg.straight_through):
+        raise ValueError("model.implicit_grad / model.straight_through need model.attention='slot'; the invariant "
+                         "module has neither")
     for key in ("encoder_kernel", "decoder_kernel"):
         k = getattr(cfg, key)
         if k < 1 or k % 2 == 0:
