@@ -2,8 +2,8 @@
 
     python benchmarks/ablation_train.py --presets tetrominoes multi_dsprites --batch 16 --threads 1 --rounds 3
 
-Interleaved rounds (slotlab.bench.time_rounds); a markdown table of median ms/step and the median per-round
-speed-up over the plain formulation. The switches are those of slotlab.fast_paths.FAST_SWITCHES.
+Interleaved rounds (slotlab.bench.module.time_rounds); a markdown table of median ms/step and the median per-round
+speed-up over the plain formulation. The switches are those of slotlab.nn.fast_paths.FAST_SWITCHES.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from slotlab.bench import time_rounds  # noqa: E402
+from slotlab.bench.module import time_rounds  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
-from slotlab.fast_paths import set_fast_paths  # noqa: E402
-from slotlab.models import build_model  # noqa: E402
+from slotlab.nn.fast_paths import set_fast_paths  # noqa: E402
+from slotlab.nn.models import build_model  # noqa: E402
 
 # cumulative: each row turns on one more switch (attribute name -> the label of the row)
 STAGES = [("fast", "+ fast Slot Attention"), ("fast_stem", "+ fast decoder stem"),

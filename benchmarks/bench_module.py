@@ -1,6 +1,6 @@
 """Slot Attention module forward + backward: slotlab fast / plain versus lucidrains' slot-attention.
 
-A thin wrapper around ``slotlab bench module`` (see :mod:`slotlab.bench`); the same arguments:
+A thin wrapper around ``slotlab bench module`` (see :mod:`slotlab.bench.module`); the same arguments:
 
     python benchmarks/bench_module.py --threads 1 2 --rounds 5
     python benchmarks/bench_module.py --threads 1 --rounds 3 --shapes 8x4096x64x7 --no-memory

@@ -3,7 +3,7 @@
     python benchmarks/bench_options.py --presets tetrominoes tetrominoes_cpu --batch 16 --threads 1 --rounds 5
 
 Each variant is its own model and Adam from the same seed, on the same random batch; one step is forward, MSE
-loss, backward and Adam. Interleaved rounds (slotlab.bench.time_rounds); a markdown table of the median ms/step,
+loss, backward and Adam. Interleaved rounds (slotlab.bench.module.time_rounds); a markdown table of the median ms/step,
 images/s and the median per-round speed-up over fp32. Compiled variants are compiled (and warmed up) before
 timing; the compile seconds are printed beside them. Autoencoder presets only.
 """
@@ -20,11 +20,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from slotlab.bench import time_rounds  # noqa: E402
+from slotlab.bench.module import time_rounds  # noqa: E402
 from slotlab.compilation import compile_model  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
-from slotlab.models import build_model  # noqa: E402
-from slotlab.precision import autocast  # noqa: E402
+from slotlab.nn.models import build_model  # noqa: E402
+from slotlab.nn.precision import autocast  # noqa: E402
 
 # label -> (precision, implicit_grad, compile)
 VARIANTS = {

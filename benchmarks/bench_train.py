@@ -1,6 +1,6 @@
 """Training-step images/s: slotlab / the plain formulation / the Keras official architecture, per preset.
 
-A thin wrapper around ``slotlab bench train`` (see :mod:`slotlab.bench_train`); the same arguments:
+A thin wrapper around ``slotlab bench train`` (see :mod:`slotlab.bench.train_step`); the same arguments:
 
     python benchmarks/bench_train.py --presets tetrominoes multi_dsprites clevr6:2 --threads 1 2 --rounds 5
     python benchmarks/bench_train.py --presets tetrominoes --threads 1 --rounds 3 --no-memory --no-keras

@@ -5,7 +5,7 @@
 
 Each variant is ``LABEL [key=value ...]`` (``--set`` overrides of the preset). Each gets its own model and Adam
 from the same seed and one random batch of its batch size; a step is :func:`slotlab.train.train_step` (forward
-under the preset's precision, loss, backward, Adam). Interleaved rounds (:func:`slotlab.bench.time_rounds`); prints
+under the preset's precision, loss, backward, Adam). Interleaved rounds (:func:`slotlab.bench.module.time_rounds`); prints
 a markdown table of the median ms/step, steps/min and images/s. Wall-clock on a shared machine: compare rows of one
 run only.
 """
@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 
 import torch  # noqa: E402
 
-from slotlab.bench import time_rounds  # noqa: E402
+from slotlab.bench.module import time_rounds  # noqa: E402
 from slotlab.config import apply_overrides  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
 from slotlab.tasks import get_task  # noqa: E402

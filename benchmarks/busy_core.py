@@ -18,7 +18,7 @@ import sys
 
 
 def run_cell(preset: str, threads: int, seconds: float, policy: str) -> dict:
-    code = ("import sys, json; from slotlab.bench_train import steps_per_second; "
+    code = ("import sys, json; from slotlab.bench.train_step import steps_per_second; "
             "print(json.dumps(steps_per_second(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))))")
     env = {**os.environ, "OMP_WAIT_POLICY": policy}
     env.pop("OMP_NUM_THREADS", None)

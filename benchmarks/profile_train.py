@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from slotlab.bench_train import torch_step  # noqa: E402
+from slotlab.bench.train_step import torch_step  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
 
 

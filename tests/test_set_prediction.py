@@ -12,7 +12,7 @@ from slotlab.cli import main
 from slotlab.data.sprites_set import generate_sprites_set, set_targets
 from slotlab.experiments import EXPERIMENTS, get_experiment
 from slotlab.losses import hungarian_huber_loss, pairwise_huber
-from slotlab.models import SetPredictor
+from slotlab.nn.models import SetPredictor
 from slotlab.set_layout import CLEVR_LAYOUT, SPRITES_LAYOUT
 
 SET_PRESETS = [n for n, f in EXPERIMENTS.items() if f().model.kind == "set_prediction"]

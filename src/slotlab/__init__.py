@@ -18,8 +18,8 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from slotlab import metrics  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
-from slotlab.models import SetPredictor, SlotAttentionAutoEncoder  # noqa: E402
-from slotlab.slot_attention import SlotAttention  # noqa: E402
+from slotlab.nn.models import SetPredictor, SlotAttentionAutoEncoder  # noqa: E402
+from slotlab.nn.slot_attention import SlotAttention  # noqa: E402
 
 __all__ = ["SetPredictor", "SlotAttention", "SlotAttentionAutoEncoder", "get_experiment", "metrics"]
 __version__ = "0.1.0"

@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     bg = bsub.add_parser("gpu", help="GPU training-step images/s: fp32 / bf16 / bf16 + compile (needs CUDA)")
     bg.add_argument("--presets", nargs="+", default=["clevr6:64", "multi_dsprites:64"],
                     help="autoencoder presets, NAME or NAME:BATCH")
-    bg.add_argument("--modes", nargs="+", default=None, help="some of slotlab.bench_gpu.MODES (default: DEFAULT_MODES)")
+    bg.add_argument("--modes", nargs="+", default=None, help="some of slotlab.bench.gpu.MODES (default: DEFAULT_MODES)")
     bg.add_argument("--steps", type=int, default=10, help="steps per mode per round")
     bg.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     bg.add_argument("--warmup", type=int, default=3, help="warm-up steps per mode (compilation included)")
@@ -146,29 +146,29 @@ def _dispatch(args) -> int:
     from slotlab import runs
 
     if args.command == "bench" and args.bench_command == "train":
-        from slotlab import bench_train
+        from slotlab.bench import train_step
 
-        cases = [bench_train.parse_case(spec, args.batch) for spec in args.presets]
-        rows = bench_train.bench_train(cases, args.threads, args.rounds, not args.no_memory, not args.no_keras)
-        print(bench_train.format_train_table(rows))
+        cases = [train_step.parse_case(spec, args.batch) for spec in args.presets]
+        rows = train_step.bench_train(cases, args.threads, args.rounds, not args.no_memory, not args.no_keras)
+        print(train_step.format_train_table(rows))
         return 0
     if args.command == "bench" and args.bench_command == "gpu":
-        from slotlab import bench_gpu
+        from slotlab.bench import gpu
 
-        cases = [bench_gpu.parse_case(spec, args.batch) for spec in args.presets]
-        modes = args.modes or bench_gpu.DEFAULT_MODES
-        results = bench_gpu.bench_gpu(cases, modes, args.steps, args.rounds, args.warmup, not args.no_parity,
+        cases = [gpu.parse_case(spec, args.batch) for spec in args.presets]
+        modes = args.modes or gpu.DEFAULT_MODES
+        results = gpu.bench_gpu(cases, modes, args.steps, args.rounds, args.warmup, not args.no_parity,
                                       args.profile)
-        print(bench_gpu.format_gpu_tables(results))
+        print(gpu.format_gpu_tables(results))
         if args.json:
             args.json.write_text(json.dumps(results, indent=1) + "\n")
         return 0
     if args.command == "bench":
-        from slotlab import bench
+        from slotlab.bench import module
 
-        shapes = [bench.parse_shape(spec) for spec in args.shapes]
-        rows = bench.bench_module(shapes, args.threads, args.rounds, memory=not args.no_memory)
-        print(bench.format_module_table(rows))
+        shapes = [module.parse_shape(spec) for spec in args.shapes]
+        rows = module.bench_module(shapes, args.threads, args.rounds, memory=not args.no_memory)
+        print(module.format_module_table(rows))
         return 0
     if args.command == "experiments":
         from slotlab.experiments import EXPERIMENTS
@@ -208,7 +208,7 @@ def _dispatch(args) -> int:
         print(f"demo done: open {report}")
         return 0
     if args.command == "convert":
-        from slotlab.official_tf import convert_official_tf
+        from slotlab.interop.official_tf import convert_official_tf
 
         out = convert_official_tf(args.checkpoint, args.out, args.task, args.num_slots, args.resolution)
         print(f"wrote {out}: evaluate with `slotlab eval --workdir {out}`")

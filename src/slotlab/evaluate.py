@@ -14,7 +14,7 @@ from torch import nn
 
 from slotlab import metrics
 from slotlab.data import SceneSet
-from slotlab.precision import autocast
+from slotlab.nn.precision import autocast
 
 
 @torch.no_grad()
@@ -47,7 +47,7 @@ def evaluate(model: nn.Module, data: SceneSet, *, batch_size: int = 64, num_slot
              precision: str = "fp32") -> dict[str, float]:
     """Mean FG-ARI, ARI, mBO and MSE over (the first ``limit`` scenes of) ``data``; also their standard errors.
 
-    ``precision="bf16"`` runs the forward under bf16 autocast (:mod:`slotlab.precision`); metrics stay float64.
+    ``precision="bf16"`` runs the forward under bf16 autocast (:mod:`slotlab.nn.precision`); metrics stay float64.
     """
     per_scene: dict[str, list[torch.Tensor]] = {"fg_ari": [], "ari": [], "mbo": [], "mse": []}
     n = len(data) if limit is None else min(limit, len(data))

@@ -14,7 +14,7 @@ from slotlab.config import ExperimentConfig, apply_overrides
 from slotlab.data import SceneSet, build_splits, write_cache
 from slotlab.evaluate import format_metrics
 from slotlab.experiments import get_experiment
-from slotlab.models import build_model
+from slotlab.nn.models import build_model
 from slotlab.tasks import get_task
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from slotlab.config import ExperimentConfig
 from slotlab.data import build_set_splits, build_splits
 from slotlab.evaluate import evaluate, evaluate_set, format_metrics, format_set_metrics
 from slotlab.losses import hungarian_huber_loss
-from slotlab.models import build_model
+from slotlab.nn.models import build_model
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from slotlab.checkpoint import load_checkpoint, save_checkpoint
 from slotlab.compilation import compile_model
 from slotlab.config import ExperimentConfig
 from slotlab.distributed import setup
-from slotlab.models import set_step
-from slotlab.precision import autocast, check_precision
+from slotlab.nn.models import set_step
+from slotlab.nn.precision import autocast, check_precision
 from slotlab.tasks import get_task
 
 log = logging.getLogger(__name__)

@@ -217,7 +217,7 @@ def build_config(task: str, net: dict[str, np.ndarray], num_slots: int | None = 
 
 def build_model(cfg: ExperimentConfig) -> nn.Module:
     """The slotlab model of a converted config (the autoencoder, or the set predictor)."""
-    from slotlab import models
+    from slotlab.nn import models
 
     if cfg.model.kind == "autoencoder":
         return models.SlotAttentionAutoEncoder(cfg.model)

@@ -18,7 +18,7 @@ from slotlab.data.shapes import BEVEL, TETROMINO_COLORS, TETROMINO_LAYOUTS, tetr
 from slotlab.data.tetrominoes import generate_tetrominoes
 
 GENERATORS = {"tetrominoes": (generate_tetrominoes, 4, 35), "multi_dsprites": (generate_multi_dsprites, 6, 64)}
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]
 _REAL_CANDIDATES = [
     _REPO / "shared/data/real/tetrominoes_mini.tfrecords",
     _REPO.parent / "shared/data/real/tetrominoes_mini.tfrecords",

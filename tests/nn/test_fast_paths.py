@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from slotlab.experiments import get_experiment
-from slotlab.fast_paths import recompose, set_fast_paths
-from slotlab.models import SlotAttentionAutoEncoder
-from slotlab.modules import BroadcastDecoder, BroadcastStem, Encoder, UpsampleBroadcastDecoder
+from slotlab.nn.fast_paths import recompose, set_fast_paths
+from slotlab.nn.models import SlotAttentionAutoEncoder
+from slotlab.nn.modules import BroadcastDecoder, BroadcastStem, Encoder, UpsampleBroadcastDecoder
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:

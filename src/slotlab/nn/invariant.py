@@ -4,7 +4,7 @@ After Biza et al., "Invariant Slot Attention: Object Discovery with Slot-Centric
 each slot carries a position p_k (the centre of mass of its attention), and the keys a slot sees are built from
 the input features plus an encoding of the pixel position *relative to the slot*, g_n - p_k. Slot vectors thus
 describe an object's appearance independently of where it is, and a decoder that draws each slot in its own frame
-(:class:`slotlab.modules.MLPDecoder` with ``centers``) reuses what it learned about a shape at every position.
+(:class:`slotlab.nn.modules.MLPDecoder` with ``centers``) reuses what it learned about a shape at every position.
 
 slotlab's variant (documented deviations from the ISA release):
 - the relative-position key encoder is ``W2 relu(W1 (k_n + G (g_n - p_k)))`` without ISA's pre-LayerNorm, which
@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from slotlab.modules import build_grid
-from slotlab.precision import fp32, full_precision
-from slotlab.slot_attention import keras_reset_
+from slotlab.nn.modules import build_grid
+from slotlab.nn.precision import fp32, full_precision
+from slotlab.nn.slot_attention import keras_reset_
 
 
 class InvariantSlotAttention(nn.Module):

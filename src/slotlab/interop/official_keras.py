@@ -1,6 +1,6 @@
 """The official Slot Attention architecture in Keras 2, written from SPEC.md sections 1, 2a and 3.
 
-A reference for the TensorFlow side of slotlab's parity test (tests/test_official_tf.py) and of the speed
+A reference for the TensorFlow side of slotlab's parity test (tests/interop/test_official_tf.py) and of the speed
 benchmark: the same layers, the same attribute names and so the same checkpoint variable names as
 google-research/slot_attention ``model.py`` (object discovery ``SlotAttentionAutoEncoder``, set prediction
 ``SlotAttentionClassifier``), wrapped by :func:`build_model` in a functional ``keras.Model`` as the official

@@ -1,4 +1,4 @@
-"""Parity of the fast path (slotlab.fast_attention) with the plain path: outputs and every gradient."""
+"""Parity of the fast path (slotlab.nn.fast_attention) with the plain path: outputs and every gradient."""
 
 import pytest
 import torch

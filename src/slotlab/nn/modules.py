@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slotlab.fast_paths import broadcast_gather
+from slotlab.nn.fast_paths import broadcast_gather
 
 
 def keras_init_(module: nn.Module) -> nn.Module:

@@ -1,4 +1,4 @@
-"""bf16 autocast (train.precision="bf16", slotlab.precision): parity with fp32, fp32 where it matters, training.
+"""bf16 autocast (train.precision="bf16", slotlab.nn.precision): parity with fp32, fp32 where it matters, training.
 
 Tolerances are about 3x the worst error measured over 6-8 seeds of each model (docs/performance.md lists them):
 bf16 keeps 8 significant bits, so a relative error of a few 1e-3 per product is expected, and it compounds over
@@ -11,8 +11,8 @@ import torch
 from slotlab import SlotAttention
 from slotlab.config import ModelConfig, apply_overrides
 from slotlab.experiments import get_experiment
-from slotlab.models import build_model
-from slotlab.precision import autocast, check_precision, fp32, full_precision
+from slotlab.nn.models import build_model
+from slotlab.nn.precision import autocast, check_precision, fp32, full_precision
 from slotlab.train import train
 
 

@@ -7,11 +7,11 @@ accumulated; training reads it every ``log_every`` steps) and no NaN check of th
 weights and the same fixed batch of random images in [-1, 1]:
 
 - ``fp32 plain``: strict fp32 (TF32 off for matmuls and cuDNN) with every exact fast path off (the plain
-  formulation, :func:`slotlab.fast_paths.set_fast_paths`);
+  formulation, :func:`slotlab.nn.fast_paths.set_fast_paths`);
 - ``fp32``: strict fp32, slotlab as shipped (fast paths on). This is the "eager fp32" baseline;
 - ``fp32 torch-default``: PyTorch's own default, which runs cuDNN convolutions in TF32
   (``torch.backends.cudnn.allow_tf32`` is True out of the box) and matmuls in fp32;
-- ``bf16``: ``train.precision=bf16`` (softmaxes, recomposition, loss in fp32: :mod:`slotlab.precision`);
+- ``bf16``: ``train.precision=bf16`` (softmaxes, recomposition, loss in fp32: :mod:`slotlab.nn.precision`);
 - ``bf16 + compile``: that plus ``train.compile`` (:mod:`slotlab.compilation`: encoder, decoder, and on a GPU Slot
   Attention with its plain path);
 - ``bf16 + compile cudagraphs``: the same with ``train.compile_mode=reduce-overhead`` (CUDA graphs);
@@ -37,9 +37,9 @@ from torch import nn
 
 from slotlab.compilation import compile_model
 from slotlab.experiments import get_experiment
-from slotlab.fast_paths import set_fast_paths
-from slotlab.models import build_model
-from slotlab.precision import autocast
+from slotlab.nn.fast_paths import set_fast_paths
+from slotlab.nn.models import build_model
+from slotlab.nn.precision import autocast
 from slotlab.tasks import get_task
 from slotlab.train import forward_loss, train_step
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from slotlab.experiments import EXPERIMENTS, get_experiment
-from slotlab.models import SlotAttentionAutoEncoder
-from slotlab.modules import BroadcastDecoder, BroadcastStem, SamePadConv, UpsampleBroadcastDecoder
+from slotlab.nn.models import SlotAttentionAutoEncoder
+from slotlab.nn.modules import BroadcastDecoder, BroadcastStem, SamePadConv, UpsampleBroadcastDecoder
 
 
 @pytest.mark.parametrize("name", [n for n, f in EXPERIMENTS.items() if f().model.kind == "autoencoder"])
@@ -38,7 +38,7 @@ def test_attention_masks_option():
 
 def test_background_layer_is_one_more_flat_component():
     from slotlab.config import ModelConfig
-    from slotlab.models import SetPredictor, validate_model_config
+    from slotlab.nn.models import SetPredictor, validate_model_config
 
     cfg = get_experiment("tiny")
     cfg.model.background, cfg.model.mask_source = "uniform", "decoder"
@@ -112,7 +112,7 @@ def test_bad_images_are_named(image, match):
 
 
 def test_slot_frames_follow_the_attention():
-    from slotlab.modules import slot_frames
+    from slotlab.nn.modules import slot_frames
 
     attn = torch.zeros(1, 2, 5 * 5)
     attn[0, 0, 0] = 1.0  # slot 0 attends only the top-left pixel
@@ -125,7 +125,7 @@ def test_slot_frames_follow_the_attention():
 
 @pytest.mark.parametrize("table", [False, True])
 def test_slot_frame_decoder_is_translation_equivariant(table):
-    from slotlab.modules import MLPDecoder
+    from slotlab.nn.modules import MLPDecoder
 
     torch.manual_seed(0)
     dec = MLPDecoder(8, (9, 9), hidden=16, num_layers=2, num_freqs=2, table=table)
@@ -140,7 +140,7 @@ def test_slot_frame_decoder_is_translation_equivariant(table):
 
 
 def test_mask_prior_curriculum_ends_with_the_decoders_masks():
-    from slotlab.models import set_step
+    from slotlab.nn.models import set_step
 
     cfg = get_experiment("tiny")
     cfg.model.mask_source, cfg.model.mask_prior_steps = "decoder+attention", 10
@@ -161,7 +161,7 @@ def test_mask_prior_curriculum_ends_with_the_decoders_masks():
 
 @pytest.mark.parametrize("attention", ["slot", "invariant"])
 def test_model_variants_build_and_use_their_options(attention):
-    from slotlab.invariant import InvariantSlotAttention
+    from slotlab.nn.invariant import InvariantSlotAttention
 
     cfg = get_experiment("tiny")
     cfg.model.decoder, cfg.model.attention, cfg.model.slot_init = "mlp", attention, "learned"
@@ -177,7 +177,7 @@ def test_model_variants_build_and_use_their_options(attention):
 
 
 def test_frequency_bands_open_coarse_to_fine():
-    from slotlab.models import set_step
+    from slotlab.nn.models import set_step
 
     cfg = get_experiment("tiny")
     cfg.model.decoder, cfg.model.decoder_freqs, cfg.model.decoder_freq_steps = "mlp", 4, 100
@@ -191,7 +191,7 @@ def test_frequency_bands_open_coarse_to_fine():
 
 
 def test_relative_position_embedding_is_a_slot_offset():
-    from slotlab.modules import SoftPositionEmbed, build_grid
+    from slotlab.nn.modules import SoftPositionEmbed, build_grid
 
     torch.manual_seed(0)
     pos = SoftPositionEmbed(6, (7, 9))

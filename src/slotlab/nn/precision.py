@@ -17,7 +17,7 @@ sums are promoted to fp32. slotlab therefore upcasts explicitly (:func:`fp32`) a
 
 What stays in bf16: the encoder's and decoders' convolutions, every Linear (k, v, q, the GRU's and MLPs'), the
 logits product q k^T, LayerNorm on bf16 inputs (on CPU). The fp32 default is untouched: every helper here is a
-no-op unless autocast is on. bf16 vs fp32 parity: tests/test_precision.py, tolerances in docs/performance.md.
+no-op unless autocast is on. bf16 vs fp32 parity: tests/nn/test_precision.py, tolerances in docs/performance.md.
 """
 
 from __future__ import annotations

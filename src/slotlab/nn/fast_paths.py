@@ -7,7 +7,7 @@
   output in that output's own memory layout, instead of two zero-filled slice gradients added together.
 - :func:`set_fast_paths`: every exact fast path on or off (off = the plain formulation, the parity reference).
 
-None of these changes the mathematics; outputs agree with the plain path to fp32 rounding (tests/test_fast_paths.py).
+None of these changes the mathematics; outputs agree with the plain path to fp32 rounding (tests/nn/test_fast_paths.py).
 Glossary: B batch, K slots, C channels, H, W image size, P = H * W pixels, R pixel classes of the stem.
 """
 

@@ -2,13 +2,13 @@
 
 One step = forward, MSE reconstruction loss, backward, Adam update, on a fixed batch of random images in [-1, 1].
 Three implementations per preset, timed in interleaved rounds (the order rotated each round, as in
-:mod:`slotlab.bench`), so that a shared machine's load hits them alike:
+:mod:`slotlab.bench.module`), so that a shared machine's load hits them alike:
 
-- ``slotlab``: the autoencoder as shipped (every exact fast path on: :mod:`slotlab.fast_paths`);
+- ``slotlab``: the autoencoder as shipped (every exact fast path on: :mod:`slotlab.nn.fast_paths`);
 - ``slotlab plain``: the same model and weights with every fast path off (``set_fast_paths(model, False)``):
   k/v projections and autograd's backward in Slot Attention, the literal broadcast + conv decoder stem, NCHW
   convs, autograd's mask softmax and recomposition;
-- ``keras official``: the official architecture in Keras 2 (:mod:`slotlab.official_keras`; full-resolution
+- ``keras official``: the official architecture in Keras 2 (:mod:`slotlab.interop.official_keras`; full-resolution
   broadcast decoder for the Multi-dSprites / Tetrominoes presets), a ``tf.function`` step with Adam.
 
 TensorFlow fixes its thread pools when it starts, so each thread count runs in a fresh subprocess (torch threads
@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slotlab.bench import _proc_status_kb, time_rounds
+from slotlab.bench.module import _proc_status_kb, time_rounds
 from slotlab.config import ExperimentConfig, ModelConfig
 from slotlab.experiments import get_experiment
-from slotlab.fast_paths import set_fast_paths
-from slotlab.models import build_model
+from slotlab.nn.fast_paths import set_fast_paths
+from slotlab.nn.models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def keras_step(cfg: ExperimentConfig, batch: int, seed: int = 0) -> Callable[[],
     import numpy as np
     import tensorflow as tf
 
-    from slotlab import official_keras as ok
+    from slotlab.interop import official_keras as ok
 
     m = cfg.model
     tf.random.set_seed(seed)
@@ -244,8 +244,8 @@ def _memory_child(case: Case, impl: str, threads: int) -> float:
 
 
 def _run_child(function: str, args: list) -> object:
-    """Run ``slotlab.bench_train.<function>(*args)`` in a fresh Python; its JSON result is the last stdout line."""
-    code = ("import sys, json; import slotlab.bench_train as b; "
+    """Run ``slotlab.bench.train_step.<function>(*args)`` in a fresh Python; its JSON result is the last stdout line."""
+    code = ("import sys, json; import slotlab.bench.train_step as b; "
             f"print(json.dumps(b.{function}(*json.loads(sys.argv[1]))))")
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from slotlab import SlotAttention
-from slotlab.slot_attention import slot_attention_reference
+from slotlab.nn.slot_attention import slot_attention_reference
 
 
 def make(**kw):

@@ -28,7 +28,7 @@ from slotlab.evaluate import evaluate
 from slotlab.experiments import get_experiment
 from slotlab.runs import resolve_data
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "tetrominoes_mini.tfrecords"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "tetrominoes_mini.tfrecords"
 
 
 def official_tetrominoes_records(num: int) -> tuple[list[bytes], dict]:

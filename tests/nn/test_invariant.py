@@ -1,6 +1,6 @@
 import torch
 
-from slotlab.invariant import InvariantSlotAttention
+from slotlab.nn.invariant import InvariantSlotAttention
 
 
 def make():

@@ -3,7 +3,7 @@
 Three implementations of identical mathematics, timed in interleaved rounds (fast, plain, slot-attention, then the
 next round in a rotated order), so that a shared machine's load hits all of them alike:
 
-- ``slotlab fast``: :class:`slotlab.SlotAttention` (the default fast path, :mod:`slotlab.fast_attention`);
+- ``slotlab fast``: :class:`slotlab.SlotAttention` (the default fast path, :mod:`slotlab.nn.fast_attention`);
 - ``slotlab plain``: the same module with ``fast=False`` (k, v projections; autograd backward);
 - ``slot-attention``: lucidrains' ``slot_attention.SlotAttention`` (PyPI), whose weights the slotlab module copies
   (``SlotAttention.from_lucidrains``: q/k/v with bias, LayerNorm eps 1e-5).
@@ -66,7 +66,7 @@ def build(shape: tuple[int, int, int, int], seed: int = 0) -> tuple[dict[str, Ca
     """The three implementations with the same weights, as step functions on one shared input (B, N, D)."""
     import slot_attention
 
-    from slotlab.slot_attention import SlotAttention
+    from slotlab.nn.slot_attention import SlotAttention
 
     B, N, D, K = shape
     torch.manual_seed(seed)
@@ -111,7 +111,7 @@ def time_rounds(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, 
 def peak_rss_mb(shape: tuple[int, int, int, int], impl: str, threads: int) -> float:
     """Peak resident-memory growth (MB) during one forward + backward, in a fresh subprocess (max RSS delta)."""
     code = ("import os; os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE'); import sys, json; "
-            "from slotlab.bench import _peak_rss_child; "
+            "from slotlab.bench.module import _peak_rss_child; "
             "print(json.dumps(_peak_rss_child(*json.loads(sys.argv[1]))))")
     args = json.dumps([list(shape), impl, threads])
     done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True)

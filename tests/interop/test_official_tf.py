@@ -1,5 +1,5 @@
 """Official TF2 checkpoints -> slotlab: layout round trips and clear errors (NumPy only), and numerical parity with
-the official architecture in Keras (slotlab.official_keras) through a real TF checkpoint (needs TensorFlow).
+the official architecture in Keras (slotlab.interop.official_keras) through a real TF checkpoint (needs TensorFlow).
 
 The parity tests perturb every Keras weight away from its initial value (so biases, LayerNorm gains and the GRU
 biases are non-trivial), save ``Checkpoint(network, optimizer, global_step)`` as the official training does, convert
@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from slotlab import official_tf
 from slotlab.cli import main
-from slotlab.official_tf import SUFFIX, CheckpointMismatchError, convert, find_checkpoint, model_mapping
-from slotlab.slot_attention import SlotAttention
+from slotlab.interop import official_tf
+from slotlab.interop.official_tf import SUFFIX, CheckpointMismatchError, convert, find_checkpoint, model_mapping
+from slotlab.nn.slot_attention import SlotAttention
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: no start-up log lines
 TOL = 1e-4
@@ -33,7 +33,7 @@ def _keras():
         import tf_keras  # noqa: F401
     tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed (pip install 'slotlab[tf]')")
     pytest.importorskip("tf_keras", reason="tf_keras not installed (pip install --no-deps tf-keras)")
-    from slotlab import official_keras
+    from slotlab.interop import official_keras
 
     return tf, official_keras
 
@@ -86,7 +86,7 @@ def _official_variables(model: nn.Module, rows) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def small_autoencoder():
     from slotlab.experiments import clevr6
-    from slotlab.models import SlotAttentionAutoEncoder
+    from slotlab.nn.models import SlotAttentionAutoEncoder
 
     m = clevr6().model
     m.encoder_channels, m.encoder_mlp_dim, m.decoder_channels, m.slot_dim, m.mlp_hidden_dim = 8, 8, 8, 12, 16
@@ -211,7 +211,8 @@ def test_autoencoder_parity_through_cli(tmp_path):
 
 def test_set_prediction_parity(tmp_path):
     tf, ok = _keras()
-    from slotlab import experiments, models
+    from slotlab import experiments
+    from slotlab.nn import models
 
     if not hasattr(models, "SetPredictor") or "clevr_set" not in experiments.EXPERIMENTS:
         pytest.skip("set prediction (models.SetPredictor, preset clevr_set) not in this slotlab yet")

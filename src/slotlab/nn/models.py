@@ -12,12 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from slotlab.config import ModelConfig
-from slotlab.fast_paths import recompose
-from slotlab.invariant import InvariantSlotAttention
-from slotlab.modules import BroadcastDecoder, Encoder, MLPDecoder, UpsampleBroadcastDecoder, keras_init_, slot_frames
-from slotlab.precision import fp32
+from slotlab.nn.fast_paths import recompose
+from slotlab.nn.invariant import InvariantSlotAttention
+from slotlab.nn.modules import BroadcastDecoder, Encoder, MLPDecoder, UpsampleBroadcastDecoder, keras_init_, slot_frames
+from slotlab.nn.precision import fp32
+from slotlab.nn.slot_attention import SlotAttention
 from slotlab.set_layout import get_layout
-from slotlab.slot_attention import SlotAttention
 
 
 def build_decoder(cfg: ModelConfig) -> nn.Module:

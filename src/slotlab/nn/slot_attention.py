@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slotlab.fast_attention import fast_iterations
-from slotlab.precision import fp32, full_precision
+from slotlab.nn.fast_attention import fast_iterations
+from slotlab.nn.precision import fp32, full_precision
 
 
 class SlotAttention(nn.Module):
@@ -44,7 +44,7 @@ class SlotAttention(nn.Module):
             are then trained as if they were the last iteration's input). Changes gradients only.
         slot_init: "random" (the paper: mu + sigma * noise, shared by all slots) or "learned" (one learned initial
             vector per slot, as BO-QSA, Jia et al. 2023: breaks the symmetry between slots; K is then fixed).
-        fast: use the fast path (:mod:`slotlab.fast_attention`: same mathematics, k and v never built, a
+        fast: use the fast path (:mod:`slotlab.nn.fast_attention`: same mathematics, k and v never built, a
             hand-written backward; no double backward) whenever the call allows it (no ``input_mask``, no
             autocast) and has at least ``fast_min_inputs`` = 2048 inputs B*N (below that, per-call overhead makes
             it slower than the plain path). False runs the plain path, the reference the parity tests compare

@@ -1,0 +1,1 @@
+"""Benchmarks: the module, the training step and the GPU tables (``slotlab bench module | train | gpu``)."""
