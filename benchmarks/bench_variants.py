@@ -6,8 +6,8 @@
 Each variant is ``LABEL [key=value ...]`` (``--set`` overrides of the preset). Each gets its own model and Adam
 from the same seed and one random batch of its batch size; a step is :func:`slotlab.train.train_step` (forward
 under the preset's precision, loss, backward, Adam). Interleaved rounds
-(:func:`slotlab.bench.module.time_rounds`); prints a markdown table of the median ms/step, steps/min and images/s. Wall-clock on a shared machine: compare rows of one
-run only.
+(:func:`slotlab.bench.module.time_rounds`); prints a markdown table of the median ms/step, steps/min and
+images/s. Wall-clock on a shared machine: compare rows of one run only.
 """
 
 from __future__ import annotations
