@@ -82,7 +82,8 @@ class TrainConfig:
     report_test: bool = False  # also log test-split metrics at each evaluation (for curves; never for selection)
     num_threads: int = 0  # torch threads (0 = all cores)
     num_workers: int = 0  # DataLoader workers
-    precision: str = "fp32"  # "bf16": forward in bf16 autocast; softmaxes, losses, metrics in fp32 (precision.py)
+    precision: str = "fp32"  # "bf16": forward in bf16 autocast; softmaxes, losses, metrics in fp32 (precision.py);
+    #                           "auto": bf16 only where the hardware runs it natively, else fp32
     compile: bool = False  # torch.compile the encoder, decoder and head; eager if it fails (compilation.py)
     compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune"
     device: str = "auto"  # "auto" (the GPU when CUDA is available, else the CPU), "cpu", "cuda" or "cuda:N"

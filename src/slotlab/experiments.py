@@ -69,13 +69,14 @@ def tetrominoes_cpu() -> ExperimentConfig:
     m.mask_source = "decoder+attention"
     cfg.data.train_size = 20_000
     cfg.train = TrainConfig(batch_size=16, steps=100_000, max_minutes=10.0, lr=1e-3, warmup_steps=500,
-                            decay_rate=0.5, decay_steps=10_000, eval_every=500, checkpoint_every=500)
+                            decay_rate=0.5, decay_steps=10_000, eval_every=500, checkpoint_every=500,
+                            precision="auto")
     return cfg
 
 
 def tetrominoes_bg_cpu() -> ExperimentConfig:
-    """The paper's Tetrominoes model with a background layer and learned initial slots, bf16, batch 16 (slotlab
-    design, session 3; docs/cpu_preset_search.md): the background goes to its own layer and each slot to one piece,
+    """The paper's Tetrominoes model with a background layer and learned initial slots, batch 16 (slotlab
+    design; docs/cpu_preset_search.md): the background goes to its own layer and each slot to one piece,
     masks that sharpen with training rather than the demo's plateau. 30-minute budget on 2 cores."""
     cfg = tetrominoes()
     cfg.name = "tetrominoes_bg_cpu"
@@ -85,7 +86,7 @@ def tetrominoes_bg_cpu() -> ExperimentConfig:
     cfg.data.train_size = 20_000
     cfg.train = TrainConfig(batch_size=16, steps=200_000, max_minutes=30.0, lr=4e-4, warmup_steps=500,
                             decay_rate=0.5, decay_steps=100_000, eval_every=500, checkpoint_every=500,
-                            precision="bf16")
+                            precision="auto")
     return cfg
 
 
@@ -99,7 +100,8 @@ def multi_dsprites_cpu() -> ExperimentConfig:
     cfg.model.decoder_layers = 2
     cfg.data.train_size = 20_000
     cfg.train = TrainConfig(batch_size=16, steps=20_000, max_minutes=30.0, lr=1e-3, warmup_steps=500,
-                            decay_rate=0.5, decay_steps=10_000, eval_every=500, checkpoint_every=500)
+                            decay_rate=0.5, decay_steps=10_000, eval_every=500, checkpoint_every=500,
+                            precision="auto")
     return cfg
 
 
@@ -137,7 +139,7 @@ def sprites_set_cpu() -> ExperimentConfig:
         data=DataConfig(name="sprites_set", train_size=30_000, val_size=500, test_size=1000),
         train=TrainConfig(batch_size=32, steps=200_000, max_minutes=30.0, lr=1e-3, warmup_steps=500,
                           decay_rate=0.5, decay_steps=8_000, grad_clip=1.0, eval_every=1000,
-                          checkpoint_every=500),
+                          checkpoint_every=500, precision="auto"),
     )
 
 
@@ -151,7 +153,7 @@ def tiny_set() -> ExperimentConfig:
     m.encoder_channels, m.encoder_mlp_dim = 8, 8
     cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 64, 16, 16
     cfg.train = TrainConfig(batch_size=4, steps=4, lr=1e-3, warmup_steps=2, decay_steps=100, log_every=1,
-                            eval_every=2, checkpoint_every=2)
+                            eval_every=2, checkpoint_every=2, precision="auto")
     return cfg
 
 
@@ -167,7 +169,7 @@ def tiny() -> ExperimentConfig:
     cfg.model.decoder_channels = 8
     cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 64, 16, 16
     cfg.train = TrainConfig(batch_size=4, steps=4, lr=1e-3, warmup_steps=2, decay_steps=100, log_every=1,
-                            eval_every=2, checkpoint_every=2)
+                            eval_every=2, checkpoint_every=2, precision="auto")
     return cfg
 
 

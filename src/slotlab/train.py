@@ -32,7 +32,7 @@ from slotlab.compilation import compile_model
 from slotlab.config import ExperimentConfig
 from slotlab.distributed import setup
 from slotlab.nn.models import set_step
-from slotlab.nn.precision import autocast, check_precision
+from slotlab.nn.precision import autocast, check_precision, resolve_precision
 from slotlab.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
     if not dist.main:
         resume_from = workdir / "checkpoints" / "last.safetensors" if resume else None
     set_threads(tc.num_threads)
+    log.info("precision: %s (%s)", *resolve_precision(tc.precision, dist.device))
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
 
     # ---- build -------------------------------------------------------------------------------------------------

@@ -112,3 +112,38 @@ def test_unknown_precision_is_rejected_before_the_run_starts(tmp_path):
     with pytest.raises(ValueError, match="train.precision"):
         train(apply_overrides(get_experiment("tiny"), ["train.precision=fp16"]), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_precision_follows_the_cpu_flags(monkeypatch):
+    from slotlab.nn import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"sse2", "avx2", "fma"}))  # AVX2 only
+    chosen, why = precision.resolve_precision("auto", "cpu")
+    assert chosen == "fp32" and "no native bf16" in why
+    with autocast("auto", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    for flag in ("avx512_bf16", "amx_bf16"):
+        monkeypatch.setattr(precision, "cpu_flags", lambda flag=flag: frozenset({"avx2", "avx512f", flag}))
+        chosen, why = precision.resolve_precision("auto", "cpu")
+        assert chosen == "bf16" and flag in why
+        with autocast("auto", "cpu"):
+            assert torch.is_autocast_enabled("cpu")
+    # explicit choices are kept whatever the CPU
+    assert precision.resolve_precision("fp32", "cpu")[0] == "fp32"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset())
+    assert precision.resolve_precision("bf16", "cpu")[0] == "bf16"
+
+
+def test_auto_precision_on_a_gpu_asks_torch(monkeypatch):
+    from slotlab.nn import precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert precision.resolve_precision("auto", "cuda")[0] == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.resolve_precision("auto", "cuda")[0] == "bf16"
+
+
+def test_cpu_presets_default_to_auto():
+    for name in ("tetrominoes_cpu", "tetrominoes_bg_cpu", "multi_dsprites_cpu", "sprites_set_cpu", "tiny"):
+        assert get_experiment(name).train.precision == "auto", name
+    assert get_experiment("tetrominoes").train.precision == "fp32"  # the paper presets stay fp32

@@ -18,17 +18,23 @@ sums are promoted to fp32. slotlab therefore upcasts explicitly (:func:`fp32`) a
 What stays in bf16: the encoder's and decoders' convolutions, every Linear (k, v, q, the GRU's and MLPs'), the
 logits product q k^T, LayerNorm on bf16 inputs (on CPU). The fp32 default is untouched: every helper here is a
 no-op unless autocast is on. bf16 vs fp32 parity: tests/nn/test_precision.py, tolerances in docs/performance.md.
+
+``precision="auto"`` (the CPU presets' default) is bf16 only where the hardware runs it natively and fp32
+everywhere else (:func:`resolve_precision`): on a CPU without native bf16 (AVX2 only, say) PyTorch emulates bf16
+products and a training step runs about 12x slower than in fp32 (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from torch import Tensor
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 _HALF = (torch.bfloat16, torch.float16)
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 CPU flags (/proc/cpuinfo) of native bf16 arithmetic
 
 
 def check_precision(precision: str) -> None:
@@ -36,9 +42,45 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"train.precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The context a forward runs in: bf16 autocast on ``device``'s type for "bf16", nothing for "fp32"."""
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where that file is absent or unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
+    """``precision`` with "auto" made concrete for ``device``, and the reason, for the log: ("bf16" | "fp32", why).
+
+    "auto" is bf16 on a CUDA GPU where ``torch.cuda.is_bf16_supported()`` and on a CPU with one of
+    :data:`NATIVE_BF16_CPU_FLAGS`; fp32 everywhere else. "fp32" and "bf16" are returned as they are."""
     check_precision(precision)
+    if precision != "auto":
+        return precision, f"train.precision={precision} as configured"
+    device = torch.device(device)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: this GPU supports bf16 (torch.cuda.is_bf16_supported)"
+        return "fp32", "auto: this GPU does not support bf16"
+    if device.type == "cpu":
+        native = sorted(set(NATIVE_BF16_CPU_FLAGS) & cpu_flags())
+        if native:
+            return "bf16", f"auto: the CPU runs bf16 natively ({', '.join(native)})"
+        return "fp32", (f"auto: the CPU has no native bf16 (none of {', '.join(NATIVE_BF16_CPU_FLAGS)}); emulated "
+                        "bf16 would be several times slower than fp32")
+    return "fp32", f"auto: fp32 on a {device.type} device"
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The context a forward runs in: bf16 autocast on ``device``'s type for "bf16", nothing for "fp32"; "auto" as
+    :func:`resolve_precision` decides for ``device``."""
+    precision, _ = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
