@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 from slotlab.bench.module import time_rounds  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
 from slotlab.nn.fast_paths import set_fast_paths  # noqa: E402
-from slotlab.nn.models import build_model  # noqa: E402
+from slotlab.tasks import build_model  # noqa: E402
 
 # cumulative: each row turns on one more switch (attribute name -> the label of the row)
 STAGES = [("fast", "+ fast Slot Attention"), ("fast_stem", "+ fast decoder stem"),

@@ -23,8 +23,8 @@ import torch.nn.functional as F  # noqa: E402
 from slotlab.bench.module import time_rounds  # noqa: E402
 from slotlab.compilation import compile_model  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
-from slotlab.nn.models import build_model  # noqa: E402
 from slotlab.nn.precision import autocast  # noqa: E402
+from slotlab.tasks import build_model  # noqa: E402
 
 # label -> (precision, implicit_grad, compile)
 VARIANTS = {

@@ -15,7 +15,7 @@ from slotlab.losses import hungarian_huber_loss, pairwise_huber
 from slotlab.nn.models import SetPredictor
 from slotlab.set_layout import CLEVR_LAYOUT, SPRITES_LAYOUT
 
-SET_PRESETS = [n for n, f in EXPERIMENTS.items() if f().model.kind == "set_prediction"]
+SET_PRESETS = [n for n, f in EXPERIMENTS.items() if f().model.task == "set_prediction"]
 
 
 def clevr_row(coords, size=0, material=0, shape=0, color=0, conf=1.0):

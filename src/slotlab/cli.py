@@ -184,9 +184,9 @@ def _dispatch(args) -> int:
     if args.command == "eval":
         result = runs.eval_run(args.workdir, args.data, args.checkpoint, args.num_slots, args.num_iters,
                                args.batch_size, args.limit, args.device)
-        from slotlab.evaluate import format_metrics, format_set_metrics
+        from slotlab.tasks import get_task
 
-        print(format_set_metrics(result) if "ap_inf" in result else format_metrics(result))
+        print(get_task(runs.load_run_config(args.workdir)).format(result))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2) + "\n")
@@ -200,8 +200,8 @@ def _dispatch(args) -> int:
         print(f"wrote {args.num} {args.name} scenes to {path}")
         return 0
     if args.command == "viz":
-        runs.viz_run(args.workdir, args.out, args.num_scenes, args.checkpoint, args.data)
-        print(f"wrote {args.out}")
+        pictures = runs.viz_run(args.workdir, args.out, args.num_scenes, args.checkpoint, args.data)
+        print("wrote " + ", ".join(str(path) for path in pictures))
         return 0
     if args.command == "demo":
         report = runs.demo(args.workdir, args.experiment, args.overrides, args.resume)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 @dataclass
 class ModelConfig:
-    kind: str = "autoencoder"  # "autoencoder" (object discovery) or "set_prediction"
+    task: str = "autoencoder"  # a name in slotlab.tasks.TASKS: "autoencoder" (object discovery), "set_prediction"
     resolution: int = 128  # input and output images are resolution x resolution
     num_slots: int = 7  # K
     num_iters: int = 3  # T
@@ -155,8 +155,14 @@ def _cast(value, typ, key: str):
         raise ValueError(f"config key {key}: expected {typ.__name__}, got {value!r}") from None
 
 
+# old key -> its current name: config.json files and --set written with the old name keep working
+ALIASES = {"model.kind": "model.task"}
+
+
 def set_value(cfg: ExperimentConfig, key: str, value) -> None:
-    """Set dotted ``key`` (e.g. ``train.lr``) on ``cfg``, casting ``value`` to the field's type."""
+    """Set dotted ``key`` (e.g. ``train.lr``) on ``cfg``, casting ``value`` to the field's type (old names in
+    :data:`ALIASES` are accepted)."""
+    key = ALIASES.get(key, key)
     parts = key.split(".")
     obj = cfg
     for i, part in enumerate(parts):

@@ -113,7 +113,7 @@ def clevr_set() -> ExperimentConfig:
     return ExperimentConfig(
         name="clevr_set",
         description="Paper: CLEVR set prediction (128x128, K=10, batch 512, 150K steps); needs data.path.",
-        model=ModelConfig(kind="set_prediction", resolution=128, num_slots=10, encoder_channels=64,
+        model=ModelConfig(task="set_prediction", resolution=128, num_slots=10, encoder_channels=64,
                           encoder_strides=[1, 2, 2, 1], encoder_mlp_dim=64, set_layout="clevr"),
         data=DataConfig(name="clevr", train_size=70_000, val_size=500, test_size=10_000),
         train=TrainConfig(batch_size=512, steps=150_000, lr=4e-4, warmup_steps=1_000, decay_rate=0.5,
@@ -133,7 +133,7 @@ def sprites_set_cpu() -> ExperimentConfig:
     return ExperimentConfig(
         name="sprites_set_cpu",
         description="CPU preset: set prediction on built-in sprite scenes in ~30 minutes on 2 cores.",
-        model=ModelConfig(kind="set_prediction", resolution=64, num_slots=6, encoder_channels=32,
+        model=ModelConfig(task="set_prediction", resolution=64, num_slots=6, encoder_channels=32,
                           encoder_strides=[1, 2, 2, 1], encoder_kernel=3, encoder_mlp_dim=64, set_layout="sprites",
                           slot_init="learned", head_positions=True),
         data=DataConfig(name="sprites_set", train_size=30_000, val_size=500, test_size=1000),

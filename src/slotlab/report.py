@@ -1,4 +1,4 @@
-"""A self-contained HTML report of a run: the config, the test metrics, the curves and the pictures."""
+"""A self-contained HTML report of a run: the config, the test metrics, the pictures and the curves."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import html
 import json
 from pathlib import Path
 
+from slotlab.config import ExperimentConfig
+from slotlab.tasks import get_task
 from slotlab.viz import read_metrics, save_curves
 
 
@@ -17,37 +19,48 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
 
 
-def write_report(workdir: Path) -> Path:
-    """Write ``workdir/report.html`` (images embedded, so the file can be moved or mailed) and return its path."""
+def _cell(key: str, value) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.5f}" if key in ("mse", "loss") else f"{100 * value:.1f}"
+
+
+def write_report(workdir: Path, pictures: dict[Path, str] | None = None) -> Path:
+    """Write ``workdir/report.html`` (images embedded, so the file can be moved or mailed) and return its path.
+
+    ``pictures``: {picture: caption}, as :func:`slotlab.runs.viz_run` returns them (default: ``workdir/*.png``
+    other than the curves, without captions). The test line is ``test_metrics.json`` when present, in the task's
+    format; the validation table has the task's curve metrics (:class:`slotlab.tasks.Task`)."""
     workdir = Path(workdir)
-    save_curves(workdir, workdir / "curves.png")
-    config = json.loads((workdir / "config.json").read_text())
-    test = json.loads((workdir / "test_metrics.json").read_text()) if (workdir / "test_metrics.json").is_file() else {}
+    cfg = ExperimentConfig.load(workdir / "config.json")
+    task = get_task(cfg)
+    save_curves(workdir, workdir / "curves.png", task.curves)
+    if pictures is None:
+        pictures = {path: "" for path in sorted(workdir.glob("*.png")) if path.name != "curves.png"}
+    test_file = workdir / "test_metrics.json"
+    test = json.loads(test_file.read_text()) if test_file.is_file() else {}
     _, val_rows = read_metrics(workdir)
+    header = "".join(f"<th>{html.escape(label)}</th>" for label in task.curves.values())
     rows = "".join(
-        f"<tr><td>{r['step']}</td><td>{r['train_seconds'] / 60:.1f}</td><td>{100 * r['fg_ari']:.1f}</td>"
-        f"<td>{100 * r['ari']:.1f}</td><td>{100 * r['mbo']:.1f}</td><td>{r['mse']:.5f}</td></tr>"
+        f"<tr><td>{r['step']}</td><td>{r['train_seconds'] / 60:.1f}</td>"
+        + "".join(f"<td>{_cell(key, r.get(key))}</td>" for key in task.curves) + "</tr>"
         for r in val_rows
     )
     metrics = ""
     if test:
-        metrics = (
-            f"<p>Held-out test scenes ({int(test['num_scenes'])}), checkpoint chosen on validation: "
-            f"<b>FG-ARI {100 * test['fg_ari']:.1f}</b> ± {100 * test['fg_ari_sem']:.1f}, "
-            f"<b>ARI {100 * test['ari']:.1f}</b>, <b>mBO {100 * test['mbo']:.1f}</b>, MSE {test['mse']:.5f}</p>"
-        )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>slotlab run {html.escape(config['name'])}</title>
+        metrics = f"<p>Test ({html.escape(str(test.get('data', 'test')))}), checkpoint chosen on validation: " \
+                  f"<b>{html.escape(task.format(test))}</b></p>"
+    shown = "".join(f"<p>{html.escape(caption)}</p>{_img(Path(path))}" for path, caption in pictures.items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>slotlab run {html.escape(cfg.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}</style>
 </head><body>
-<h1>slotlab: {html.escape(config['name'])}</h1>
-<p>{html.escape(config.get('description', ''))}</p>
+<h1>slotlab: {html.escape(cfg.name)}</h1>
+<p>{html.escape(cfg.description)}</p>
 {metrics}
-<h2>Scenes</h2><p>Input, reconstruction, each slot's reconstruction &times; mask, predicted and true segmentation.</p>
-{_img(workdir / 'scenes.png')}
-<h2>Attention over iterations</h2>{_img(workdir / 'scenes_attention.png')}
+<h2>Pictures</h2>{shown}
 <h2>Learning curves</h2>{_img(workdir / 'curves.png')}
-<table><tr><th>step</th><th>minutes</th><th>FG-ARI</th><th>ARI</th><th>mBO</th><th>MSE</th></tr>{rows}</table>
-<h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>
+<table><tr><th>step</th><th>minutes</th>{header}</tr>{rows}</table>
+<h2>Config</h2><pre>{html.escape(json.dumps(cfg.to_dict(), indent=2))}</pre>
 </body></html>
 """
     out = workdir / "report.html"

@@ -11,10 +11,8 @@ import torch
 
 from slotlab.checkpoint import load_checkpoint
 from slotlab.config import ExperimentConfig, apply_overrides
-from slotlab.data import SceneSet, build_splits, write_cache
-from slotlab.evaluate import format_metrics
+from slotlab.data import SceneSet, write_cache
 from slotlab.experiments import get_experiment
-from slotlab.nn.models import build_model
 from slotlab.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -62,8 +60,8 @@ def data_splits(workdir: Path, cfg: ExperimentConfig, data: str | None, val_data
         if val_data is not None:
             raise ValueError("--val-data needs --data (the built-in data has its own validation split)")
         return None
-    if cfg.model.kind != "autoencoder":
-        raise ValueError(f"--data is for object discovery; a {cfg.model.kind} run reads data.name / data.path")
+    if not get_task(cfg).scene_specs:
+        raise ValueError(f"--data: a {cfg.model.task} run reads the data its config names (data.name / data.path)")
     if cfg.train.report_test:
         raise ValueError("train.report_test needs the built-in data; with --data evaluate the test range after "
                          "training (slotlab eval --data KIND:PATH@test)")
@@ -90,17 +88,22 @@ def load_model(workdir: Path, checkpoint: str = "best") -> tuple[torch.nn.Module
     path = Path(workdir) / "checkpoints" / f"{checkpoint}.safetensors"
     if not path.is_file():
         path = Path(workdir) / "checkpoints" / "last.safetensors"
-    model = build_model(cfg.model)
+    model = get_task(cfg).build_model(cfg)
     load_checkpoint(path, model)
     model.eval()
     return model, cfg
 
 
-def resolve_data(spec: str, cfg: ExperimentConfig) -> SceneSet:
-    """``test`` / ``val`` (the run's built-in splits), ``cache:DIR`` (a generated or converted cache directory)
-    or ``KIND:FILE`` (a multi_object_datasets TFRecord, e.g. ``tetrominoes:tetrominoes_train.tfrecords@test``)."""
+def resolve_data(spec: str, cfg: ExperimentConfig):
+    """``test`` / ``val`` / ``train`` (the run's splits, from its data config), or for a task that reads scene
+    specs, ``cache:DIR`` (a generated or converted cache directory) or ``KIND:FILE`` (a multi_object_datasets
+    TFRecord, e.g. ``tetrominoes:tetrominoes_train.tfrecords@test``)."""
+    task = get_task(cfg)
     if spec in ("test", "val", "train"):
-        return build_splits(cfg.data)[spec]
+        return task.build_splits(cfg.data)[spec]
+    if not task.scene_specs:
+        raise ValueError(f"--data {spec!r}: a {task.name} run uses 'test', 'val' or 'train' (its data config "
+                         "names the dataset)")
     from slotlab.data.specs import load_scenes
 
     return load_scenes(spec)  # KIND:PATH[@A:B | @NAME] or cache:DIR[@A:B] (docs/datasets.md)
@@ -108,13 +111,7 @@ def resolve_data(spec: str, cfg: ExperimentConfig) -> SceneSet:
 
 def task_data(spec: str, cfg: ExperimentConfig):
     """The scenes named by ``--data`` for the run's task, checked against the model's resolution."""
-    if get_task(cfg).name == "set_prediction":
-        if spec not in ("test", "val", "train"):
-            raise ValueError(f"--data {spec!r}: a set-prediction run uses 'test', 'val' or 'train' (its data config "
-                             "names the dataset)")
-        scenes = get_task(cfg).build_splits(cfg.data)[spec]
-    else:
-        scenes = resolve_data(spec, cfg)
+    scenes = resolve_data(spec, cfg)
     if scenes.resolution != cfg.model.resolution:
         raise ValueError(f"--data {spec}: images are {scenes.resolution}px, the model expects {cfg.model.resolution}")
     return scenes
@@ -162,23 +159,18 @@ def generate_data(name: str, out: Path, num: int, seed: int, start: int = 0) -> 
     return write_cache(arrays, out, name=name, seed=seed, start=start, num_objects=num_objects)
 
 
-def viz_run(workdir: Path, out: Path, num_scenes: int = 6, checkpoint: str = "best", data: str = "test") -> Path:
-    """``slotlab viz``: the picture of a few scenes of ``data`` (and the attention over iterations beside it)."""
-    from slotlab.viz import save_attention_figure, save_scene_figure
-
+def viz_run(workdir: Path, out: Path, num_scenes: int = 6, checkpoint: str = "best",
+            data: str = "test") -> dict[Path, str]:
+    """``slotlab viz``: the task's pictures of a few scenes of ``data``, the first at ``out`` (for object discovery
+    the attention over iterations goes beside it, ``<out>_attention.png``). Returns {picture: caption}."""
     model, cfg = load_model(workdir, checkpoint)
     task = get_task(cfg)
+    if task.draw is None:
+        raise ValueError(f"slotlab viz cannot draw a {task.name} run")
     scenes = task_data(data, cfg)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if task.name == "set_prediction":
-        from slotlab.viz import save_set_figure
-
-        save_set_figure(model, scenes, out, num_scenes, seed=cfg.train.seed)
-        return out
-    save_scene_figure(model, scenes, out, num_scenes, seed=cfg.train.seed)
-    save_attention_figure(model, scenes, out.with_name(out.stem + "_attention" + out.suffix), seed=cfg.train.seed)
-    return out
+    return task.draw(model, scenes, out, num_scenes, cfg.train.seed)
 
 
 def demo(workdir: Path, experiment: str = "tetrominoes_cpu", overrides: list[str] | None = None,
@@ -193,6 +185,6 @@ def demo(workdir: Path, experiment: str = "tetrominoes_cpu", overrides: list[str
     train_run(experiment, workdir, overrides or [], resume)
     result = eval_run(workdir, "test")
     (workdir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    log.info("test (best checkpoint by validation): %s", format_metrics(result))
-    viz_run(workdir, workdir / "scenes.png")
-    return write_report(workdir)
+    log.info("test (best checkpoint by validation): %s", get_task(load_run_config(workdir)).format(result))
+    pictures = viz_run(workdir, workdir / "scenes.png")
+    return write_report(workdir, pictures)

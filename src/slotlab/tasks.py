@@ -1,39 +1,59 @@
-"""The two systems built on Slot Attention, as tasks that the training loop and the CLI treat alike.
+"""The systems built on Slot Attention, as tasks: the one place that knows what differs between them.
 
-A task says how to build the model and the data splits, what the training loss of a batch is, how a split is
-evaluated, and which validation score picks the best checkpoint:
+A :class:`Task` says how to build the model and the data splits, what the training loss of a batch is, how a split
+is evaluated and printed, which validation score picks the best checkpoint, which curves and pictures show a run,
+which data a run may read, and whether the training-step benchmarks cover it. The training loop, the run commands
+(:mod:`slotlab.runs`), the CLI, the benchmarks and the converters ask the run's task (:func:`get_task`) and never
+test its name.
 
 - ``autoencoder`` (object discovery): MSE reconstruction, evaluated by FG-ARI / ARI / mBO / MSE, best = FG-ARI;
 - ``set_prediction``: Hungarian Huber loss, evaluated by AP at five distance thresholds, best = mean AP.
+
+A new task is one more entry in :data:`TASKS`; a config selects it with ``model.task`` (``model.kind`` in config
+files written by earlier versions, accepted as an alias).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slotlab.config import ExperimentConfig
+from slotlab.config import ExperimentConfig, ModelConfig
 from slotlab.data import build_set_splits, build_splits
 from slotlab.evaluate import evaluate, evaluate_set, format_metrics, format_set_metrics
 from slotlab.losses import hungarian_huber_loss
-from slotlab.nn.models import build_model
+from slotlab.nn.models import SetPredictor, SlotAttentionAutoEncoder
 
 
 @dataclass(frozen=True)
 class Task:
-    name: str
-    build_splits: Callable  # DataConfig -> {"train", "val", "test"}
-    batch: Callable  # (split, index) -> dict of tensors with at least "image"
-    loss: Callable  # (model outputs, batch) -> scalar
-    evaluate: Callable  # (model, split, **kwargs) -> dict of floats
-    format: Callable  # result dict -> one line
-    select_metric: str  # validation score that picks best.safetensors (higher is better)
+    """What one task is. Only ``name`` ... ``model`` are required; the rest default to "not supported"."""
 
-    def build_model(self, cfg: ExperimentConfig) -> nn.Module:
-        return build_model(cfg.model)
+    name: str  # the value of model.task
+    build_splits: Callable  # DataConfig -> {"train", "val", "test"}: datasets with len(), .resolution, .batch()
+    batch: Callable  # (split, index) -> training batch: a dict of tensors with at least "image" (B, 3, H, W)
+    loss: Callable  # (model outputs, batch) -> scalar training loss
+    evaluate: Callable  # (model, split, *, batch_size, num_slots, num_iters, seed, limit, precision) -> dict
+    format: Callable  # evaluate's dict -> one human-readable line
+    select_metric: str  # key of evaluate's dict that picks best.safetensors (higher is better)
+    model: Callable[[ModelConfig], nn.Module] = field(kw_only=True)  # ModelConfig -> the network (dict outputs)
+    curves: dict[str, str] = field(default_factory=dict, kw_only=True)  # evaluate's keys -> labels: the curves
+    #                         and the validation table of report.html
+    draw: Callable | None = field(default=None, kw_only=True)  # (model, scenes, out, num_scenes, seed) ->
+    #                         {picture written: caption}, the first at ``out``; None: `slotlab viz` cannot draw it
+    scene_specs: bool = field(default=False, kw_only=True)  # runs also read scenes named by a data spec
+    #                         (--data KIND:FILE or cache:DIR, docs/datasets.md); else only the config's splits
+    synthetic_batch: Callable | None = field(default=None, kw_only=True)  # (ModelConfig, batch size, device) ->
+    #                         a batch of random inputs for `slotlab bench train/gpu`; None: they do not cover it
+
+    def build_model(self, cfg: ExperimentConfig | ModelConfig) -> nn.Module:
+        """The task's network for ``cfg`` (an experiment or its model section)."""
+        return self.model(cfg.model if isinstance(cfg, ExperimentConfig) else cfg)
 
 
 def _reconstruction_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
@@ -44,16 +64,51 @@ def _set_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
     return hungarian_huber_loss(out["pred"], batch["target"])
 
 
-TASKS = {
-    "autoencoder": Task("autoencoder", build_splits, lambda split, index: split.batch(index, False),
-                        _reconstruction_loss, evaluate, format_metrics, "fg_ari"),
-    "set_prediction": Task("set_prediction", build_set_splits, lambda split, index: split.batch(index),
-                           _set_loss, evaluate_set, format_set_metrics, "ap_mean"),
+def _random_images(cfg: ModelConfig, batch_size: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Uniform random images in [-1, 1]: a reconstruction step costs the same on any content."""
+    return {"image": torch.rand(batch_size, 3, cfg.resolution, cfg.resolution, device=device) * 2 - 1}
+
+
+def _draw_scenes(model: nn.Module, scenes, out: Path, num_scenes: int, seed: int) -> dict[Path, str]:
+    from slotlab.viz import save_attention_figure, save_scene_figure
+
+    attention = out.with_name(out.stem + "_attention" + out.suffix)
+    save_scene_figure(model, scenes, out, num_scenes, seed=seed)
+    save_attention_figure(model, scenes, attention, seed=seed)
+    return {out: "Input, reconstruction, each slot's reconstruction × mask, predicted and true segmentation.",
+            attention: "Attention of every slot (softmax over slots) at each Slot Attention iteration."}
+
+
+def _draw_sets(model: nn.Module, scenes, out: Path, num_scenes: int, seed: int) -> dict[Path, str]:
+    from slotlab.viz import save_set_figure
+
+    save_set_figure(model, scenes, out, num_scenes, seed=seed)
+    return {out: "True objects (circles) and confident predictions (crosses); each true object beside the "
+                 "prediction matched to it."}
+
+
+TASKS: dict[str, Task] = {
+    "autoencoder": Task(
+        "autoencoder", build_splits, lambda split, index: split.batch(index, False), _reconstruction_loss,
+        evaluate, format_metrics, "fg_ari", model=SlotAttentionAutoEncoder,
+        curves={"fg_ari": "FG-ARI", "ari": "ARI", "mbo": "mBO"}, draw=_draw_scenes, scene_specs=True,
+        synthetic_batch=_random_images),
+    "set_prediction": Task(
+        "set_prediction", build_set_splits, lambda split, index: split.batch(index), _set_loss,
+        evaluate_set, format_set_metrics, "ap_mean", model=SetPredictor,
+        curves={"ap_inf": "AP(inf)", "ap_1": "AP(1)", "ap_0.5": "AP(0.5)", "ap_0.25": "AP(0.25)",
+                "ap_0.125": "AP(0.125)"}, draw=_draw_sets),
 }
 
 
-def get_task(cfg: ExperimentConfig) -> Task:
-    if cfg.model.kind not in TASKS:
-        raise ValueError(f"unknown model.kind {cfg.model.kind!r}; expected one of {sorted(TASKS)}")
-    return TASKS[cfg.model.kind]
+def get_task(cfg: ExperimentConfig | ModelConfig) -> Task:
+    """The task of a config (``model.task``), with a clear error for an unknown name."""
+    name = (cfg.model if isinstance(cfg, ExperimentConfig) else cfg).task
+    if name not in TASKS:
+        raise ValueError(f"unknown model.task {name!r}; expected one of {sorted(TASKS)}")
+    return TASKS[name]
 
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The network of ``cfg.task`` built from ``cfg``."""
+    return get_task(cfg).build_model(cfg)

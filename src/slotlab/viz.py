@@ -3,7 +3,7 @@
 - :func:`save_scene_figure`: per scene, the input, the reconstruction, each slot's reconstruction x mask, and the
   argmax segmentation beside the ground truth.
 - :func:`save_attention_figure`: one scene's attention of every slot at every Slot Attention iteration.
-- :func:`save_curves`: validation FG-ARI, ARI and mBO (and the training loss) against training minutes.
+- :func:`save_curves`: validation metrics (the task's curves) and the training loss against training minutes.
 - :func:`save_set_figure`: set prediction: true versus predicted objects, drawn on the image and listed.
 """
 
@@ -105,12 +105,18 @@ def read_metrics(workdir: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "val"]
 
 
-def save_curves(workdir: Path, out: Path) -> None:
-    """Validation FG-ARI / ARI / mBO and the training loss against training wall-clock minutes."""
+def save_curves(workdir: Path, out: Path, curves: dict[str, str] | None = None) -> None:
+    """Validation metrics ``curves`` ({key in metrics.jsonl: label}; default: the run's task's, e.g. FG-ARI / ARI /
+    mBO) and the training loss against training wall-clock minutes."""
+    if curves is None:
+        from slotlab.config import ExperimentConfig
+        from slotlab.tasks import get_task
+
+        curves = get_task(ExperimentConfig.load(Path(workdir) / "config.json")).curves
     train_rows, val_rows = read_metrics(workdir)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     minutes = [r["train_seconds"] / 60 for r in val_rows]
-    for key, label in [("fg_ari", "FG-ARI"), ("ari", "ARI"), ("mbo", "mBO")]:
+    for key, label in curves.items():
         ax1.plot(minutes, [r[key] for r in val_rows], marker="o", ms=3, label=label)
     ax1.set_xlabel("training minutes")
     ax1.set_ylim(-0.05, 1.0)
@@ -120,7 +126,7 @@ def save_curves(workdir: Path, out: Path) -> None:
     ax2.plot([r["train_seconds"] / 60 for r in train_rows], [r["loss"] for r in train_rows])
     ax2.set_yscale("log")
     ax2.set_xlabel("training minutes")
-    ax2.set_title("training MSE")
+    ax2.set_title("training loss")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=100)

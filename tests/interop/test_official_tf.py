@@ -101,7 +101,7 @@ def small_autoencoder():
 def test_round_trip_reproduces_weights_and_infers_sizes(small_autoencoder):
     model, variables = small_autoencoder
     converted, cfg = convert(variables, num_slots=5)
-    assert cfg.model.kind == "autoencoder" and cfg.model.num_slots == 5 and cfg.model.slot_dim == 12
+    assert cfg.model.task == "autoencoder" and cfg.model.num_slots == 5 and cfg.model.slot_dim == 12
     assert (cfg.model.encoder_channels, cfg.model.decoder_channels, cfg.model.mlp_hidden_dim) == (8, 8, 16)
     assert cfg.model.broadcast_size == 8
     for name, value in model.state_dict().items():
@@ -227,7 +227,7 @@ def test_set_prediction_parity(tmp_path):
 
     variables, _ = official_tf.read_tf_checkpoint(prefix)
     model, cfg = convert(variables, num_slots=K)
-    assert cfg.model.kind == "set_prediction"
+    assert cfg.model.task == "set_prediction"
     with torch.no_grad():
         out = model(torch.from_numpy(image).permute(0, 3, 1, 2), slots=_initial_slots(model.slot_attention, noise))
     assert _max_diff(expected["slots"], out["slots"]) <= TOL

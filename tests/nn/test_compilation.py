@@ -10,7 +10,7 @@ from torch import nn
 from slotlab.compilation import compile_model
 from slotlab.config import ModelConfig, apply_overrides
 from slotlab.experiments import get_experiment
-from slotlab.nn.models import build_model
+from slotlab.tasks import build_model
 from slotlab.train import train
 
 SMALL = ModelConfig(resolution=16, decoder="broadcast", num_slots=3, slot_dim=16, mlp_hidden_dim=32,

@@ -6,7 +6,7 @@ from slotlab.nn.models import SlotAttentionAutoEncoder
 from slotlab.nn.modules import BroadcastDecoder, BroadcastStem, SamePadConv, UpsampleBroadcastDecoder
 
 
-@pytest.mark.parametrize("name", [n for n, f in EXPERIMENTS.items() if f().model.kind == "autoencoder"])
+@pytest.mark.parametrize("name", [n for n, f in EXPERIMENTS.items() if f().model.task == "autoencoder"])
 def test_every_preset_builds_and_takes_one_training_step(name):
     cfg = get_experiment(name)
     torch.manual_seed(0)
@@ -59,7 +59,7 @@ def test_background_layer_is_one_more_flat_component():
     with pytest.raises(ValueError, match="need model.attention='slot'"):
         validate_model_config(ModelConfig(attention="invariant", decoder="mlp", implicit_grad=True))
     with pytest.raises(ValueError, match="is for the autoencoder"):
-        SetPredictor(ModelConfig(kind="set_prediction", background="uniform"))
+        SetPredictor(ModelConfig(task="set_prediction", background="uniform"))
 
 
 @pytest.mark.parametrize("res,kernel", [((35, 35), 5), ((8, 13), 5), ((5, 5), 5), ((3, 4), 5), ((35, 35), 3),

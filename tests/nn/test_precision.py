@@ -11,8 +11,8 @@ import torch
 from slotlab import SlotAttention
 from slotlab.config import ModelConfig, apply_overrides
 from slotlab.experiments import get_experiment
-from slotlab.nn.models import build_model
 from slotlab.nn.precision import autocast, check_precision, fp32, full_precision
+from slotlab.tasks import build_model
 from slotlab.train import train
 
 

@@ -38,9 +38,8 @@ from torch import nn
 from slotlab.compilation import compile_model
 from slotlab.experiments import get_experiment
 from slotlab.nn.fast_paths import set_fast_paths
-from slotlab.nn.models import build_model
 from slotlab.nn.precision import autocast
-from slotlab.tasks import get_task
+from slotlab.tasks import build_model, get_task
 from slotlab.train import forward_loss, train_step
 
 log = logging.getLogger(__name__)
@@ -78,8 +77,9 @@ def parse_case(spec: str, batch: int) -> tuple[str, int]:
     name, _, b = spec.partition(":")
     if b and not (b.isdigit() and int(b) > 0):
         raise ValueError(f"bench gpu: preset must be NAME or NAME:BATCH, got {spec!r}")
-    if get_experiment(name).model.kind != "autoencoder":
-        raise ValueError(f"bench gpu: {name!r} is not an autoencoder preset")
+    cfg = get_experiment(name)
+    if get_task(cfg).synthetic_batch is None:
+        raise ValueError(f"bench gpu: {name!r} is a {cfg.model.task} preset, which this benchmark does not cover")
     return name, int(b) if b else batch
 
 
@@ -90,7 +90,8 @@ def build_steps(preset: str, batch: int, modes: list[str], device: torch.device,
     task = get_task(cfg)
     torch.manual_seed(seed)
     reference = build_model(cfg.model)
-    images = torch.rand(batch, 3, cfg.model.resolution, cfg.model.resolution, device=device) * 2 - 1
+    inputs = task.synthetic_batch(cfg.model, batch, device)
+    images = inputs["image"]
     steps, models = {}, {}
     for name in modes:
         mode = MODES[name]
@@ -103,7 +104,7 @@ def build_steps(preset: str, batch: int, modes: list[str], device: torch.device,
         if mode.compile:
             set_tf32(mode.tf32_conv)
             group = compile_model(model, lambda model=model, mode=mode: forward_loss(
-                model, task, {"image": images}, mode.precision), mode=mode.compile)
+                model, task, inputs, mode.precision), mode=mode.compile)
             if group.failed:
                 log.warning("%s: compilation failed; this mode runs eagerly", name)
 
@@ -111,7 +112,7 @@ def build_steps(preset: str, batch: int, modes: list[str], device: torch.device,
 
         def step(model=model, optimizer=optimizer, mode=mode, flag=flag) -> torch.Tensor:
             set_tf32(mode.tf32_conv)
-            loss = train_step(model, optimizer, task, {"image": images}, mode.precision)
+            loss = train_step(model, optimizer, task, inputs, mode.precision)
             flag |= ~torch.isfinite(loss)  # as train(): accumulated, read later
             return loss
 

@@ -38,7 +38,7 @@ from slotlab.bench.module import _proc_status_kb, time_rounds
 from slotlab.config import ExperimentConfig, ModelConfig
 from slotlab.experiments import get_experiment
 from slotlab.nn.fast_paths import set_fast_paths
-from slotlab.nn.models import build_model
+from slotlab.tasks import build_model, get_task
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def parse_case(spec: str, batch: int) -> Case:
     if b and not (b.isdigit() and int(b) > 0):
         raise ValueError(f"bench train: preset must be NAME or NAME:BATCH, got {spec!r}")
     cfg = get_experiment(name)
-    if cfg.model.kind != "autoencoder":
-        raise ValueError(f"bench train: {name!r} is not an autoencoder preset")
+    if get_task(cfg).synthetic_batch is None:
+        raise ValueError(f"bench train: {name!r} is a {cfg.model.task} preset, which this benchmark does not cover")
     return name, cfg.to_dict(), int(b) if b else batch
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from slotlab.checkpoint import save_checkpoint
 from slotlab.config import ExperimentConfig
 from slotlab.experiments import get_experiment
+from slotlab.tasks import build_model
 
 log = logging.getLogger(__name__)
 
@@ -215,17 +216,6 @@ def build_config(task: str, net: dict[str, np.ndarray], num_slots: int | None = 
     return cfg
 
 
-def build_model(cfg: ExperimentConfig) -> nn.Module:
-    """The slotlab model of a converted config (the autoencoder, or the set predictor)."""
-    from slotlab.nn import models
-
-    if cfg.model.kind == "autoencoder":
-        return models.SlotAttentionAutoEncoder(cfg.model)
-    if not hasattr(models, "SetPredictor"):
-        raise ValueError(f"this slotlab cannot build model.kind={cfg.model.kind!r}")
-    return models.SetPredictor(cfg.model)
-
-
 def convert_weights(net: dict[str, np.ndarray], rows: list[tuple[str, str, str]], model: nn.Module,
                     what: str = "model") -> dict[str, torch.Tensor]:
     """Official variables -> ``model`` state dict entries by ``rows`` (slotlab key, official name, transform),
@@ -266,7 +256,7 @@ def convert(variables: dict[str, np.ndarray], task: str | None = None, num_slots
     if found not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {found!r}")
     cfg = build_config(found, net, num_slots, resolution)
-    model = build_model(cfg)
+    model = build_model(cfg.model)
     state = model.state_dict()
     rows = model_mapping(found, _count(net, "encoder_cnn"), _count(net, "decoder_cnn"))
     state.update(convert_weights(net, rows, model, f"{found} model"))

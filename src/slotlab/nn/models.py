@@ -158,15 +158,6 @@ class SetPredictor(nn.Module):
         return {"pred": pred, "slots": sa["slots"], "attn": sa["attn"], "attns": sa["attns"]}
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model named by ``cfg.kind``."""
-    if cfg.kind == "autoencoder":
-        return SlotAttentionAutoEncoder(cfg)
-    if cfg.kind == "set_prediction":
-        return SetPredictor(cfg)
-    raise ValueError(f"unknown model.kind {cfg.kind!r}; expected 'autoencoder' or 'set_prediction'")
-
-
 def validate_model_config(cfg: ModelConfig) -> None:
     """Reject option combinations the model cannot build, naming what is expected."""
     if cfg.mask_source not in ("decoder", "attention", "decoder+attention"):
