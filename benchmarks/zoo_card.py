@@ -1,0 +1,112 @@
+"""Write a model-zoo entry's card from the run that trained it: card.md, curves.png and metrics.json.
+
+    python benchmarks/zoo_card.py RUN_DIR ENTRY_DIR --name tetrominoes --machine "AMD EPYC, 2 cores (AVX2), \\
+        1 thread" --command "slotlab train --experiment ..." [--data SPEC ...] [--threads 1]
+
+The card holds the data, the steps, the batch, the training wall time, the machine and precision, the learning
+curve (validation FG-ARI / ARI / mBO against training time, from the run's metrics.jsonl), the test metrics of
+the checkpoint chosen on validation on each ``--data`` spec (default: the run's held-out ``test`` split), the
+test-time robustness table (T = 3, 5, 7 and K + 2 slots) and the command that reproduces the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from robustness import cpu_name, robustness
+
+from slotlab.config import ExperimentConfig
+from slotlab.runs import eval_run
+from slotlab.viz import read_metrics, save_curves
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def write_card(run: Path, entry: Path, name: str, machine: str, command: str, specs: list[str]) -> Path:
+    entry.mkdir(parents=True, exist_ok=True)
+    cfg = ExperimentConfig.load(run / "config.json")
+    train_rows, val_rows = read_metrics(run)
+    last = (train_rows or val_rows)[-1]
+    best = max(val_rows, key=lambda r: r["fg_ari"])
+    save_curves(run, entry / "curves.png")
+    tests = {spec: eval_run(run, spec, "best") for spec in specs}
+    robust = robustness(run, specs[0], "best", None)
+    (entry / "metrics.json").write_text(json.dumps({"test": tests, "robustness": robust, "best_val": best}, indent=1)
+                                        + "\n")
+    m, d, t = cfg.model, cfg.data, cfg.train
+    lines = [
+        f"# `{name}`: {cfg.description}",
+        "",
+        f"Object discovery with Slot Attention (Locatello et al., NeurIPS 2020), preset `{cfg.name}`: "
+        f"{m.resolution}x{m.resolution} input, K={m.num_slots} slots, T={m.num_iters} iterations, slot size "
+        f"{m.slot_dim}, {m.decoder} decoder, slot init `{m.slot_init}`, background `{m.background}`"
+        + (", implicit gradient with the straight-through initial-slot gradient (BO-QSA)"
+           if m.implicit_grad and m.straight_through else "") + ".",
+        "",
+        "## Training",
+        "",
+        f"- data: built-in `{d.name}` generator, seed {d.seed}: scenes [0, {d.train_size}) train, the next "
+        f"{d.val_size} validate (they choose the checkpoint), the next {d.test_size} test",
+        f"- steps: {last['step']:,} of batch {t.batch_size} ({last['step'] * t.batch_size:,} images); "
+        f"Adam, lr {t.lr:g}, warmup {t.warmup_steps}, decay {t.decay_rate:g} per {t.decay_steps:,} steps",
+        f"- training wall time: {last['train_seconds'] / 3600:.2f} h (evaluation excluded)",
+        f"- machine: {machine}; precision `{t.precision}`",
+        f"- checkpoint: step {best['step']:,}, the best validation FG-ARI ({pct(best['fg_ari'])}; ARI "
+        f"{pct(best['ari'])}, mBO {pct(best['mbo'])})",
+        "",
+        "Reproduce (resumable: repeat with `--resume` until the step count is reached):",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "## Learning curve (validation scenes)",
+        "",
+        "![curves](curves.png)",
+        "",
+        "## Test metrics (checkpoint chosen on validation)",
+        "",
+        "| data | scenes | FG-ARI | ARI | mBO |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| `{spec}` | {int(r['num_scenes'])} | {pct(r['fg_ari'])} | {pct(r['ari'])} | {pct(r['mbo'])} |"
+          for spec, r in tests.items()],
+        "",
+        f"## Test-time robustness (`{specs[0]}`)",
+        "",
+        "| setting | FG-ARI | ARI | mBO |",
+        "|---|---:|---:|---:|",
+        *[f"| {r['setting']} | {pct(r['fg_ari'])} | {pct(r['ari'])} | {pct(r['mbo'])} |" for r in robust],
+        "",
+        f"Evaluated on {cpu_name()}.",
+        "",
+    ]
+    card = entry / "card.md"
+    card.write_text("\n".join(lines))
+    return card
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("entry", type=Path)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--machine", required=True)
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--data", nargs="+", default=["test"])
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    card = write_card(args.run, args.entry, args.name, args.machine, args.command, args.data)
+    if not (args.entry / "config.json").is_file():
+        shutil.copy(args.run / "config.json", args.entry / "config.json")
+    print(card.read_text())
+
+
+if __name__ == "__main__":
+    main()
