@@ -15,12 +15,10 @@ import statistics
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from slotlab.bench.module import time_rounds  # noqa: E402
+from slotlab.bench.train_step import synthetic_step  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
-from slotlab.nn.fast_paths import set_fast_paths  # noqa: E402
-from slotlab.tasks import build_model  # noqa: E402
 
 # cumulative: each row turns on one more switch (attribute name -> the label of the row)
 STAGES = [("fast", "+ fast Slot Attention"), ("fast_stem", "+ fast decoder stem"),
@@ -29,21 +27,11 @@ STAGES = [("fast", "+ fast Slot Attention"), ("fast_stem", "+ fast decoder stem"
 
 def stage_step(preset: str, batch: int, on: set[str]):
     cfg = get_experiment(preset)
-    torch.manual_seed(0)
-    model = set_fast_paths(build_model(cfg.model), False)
-    for module in model.modules():
+    step = synthetic_step(cfg, batch, fast=False, precision="fp32")
+    for module in step.model.modules():
         for name in on:
             if isinstance(getattr(module, name, None), bool):
                 setattr(module, name, True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, eps=cfg.train.adam_eps)
-    image = torch.rand(batch, 3, cfg.model.resolution, cfg.model.resolution) * 2 - 1
-
-    def step() -> None:
-        loss = F.mse_loss(model(image)["recon"], image)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     return step
 
 

@@ -2,10 +2,11 @@
 
     python benchmarks/bench_options.py --presets tetrominoes tetrominoes_cpu --batch 16 --threads 1 --rounds 5
 
-Each variant is its own model and Adam from the same seed, on the same random batch; one step is forward, MSE
-loss, backward and Adam. Interleaved rounds (slotlab.bench.module.time_rounds); a markdown table of the median ms/step,
-images/s and the median per-round speed-up over fp32. Compiled variants are compiled (and warmed up) before
-timing; the compile seconds are printed beside them. Autoencoder presets only.
+Each variant is its own model and Adam from the same seed, on the same random batch; one step is
+:func:`slotlab.bench.train_step.make_train_step` (forward, the task's loss, backward, Adam). Interleaved rounds
+(slotlab.bench.module.time_rounds); a markdown table of the median ms/step, images/s and the median per-round
+speed-up over fp32. Compiled variants are compiled (and warmed up with one step) before timing; the compile seconds
+are printed beside them. Presets of tasks the step benchmarks cover (object discovery).
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from slotlab.bench.module import time_rounds  # noqa: E402
+from slotlab.bench.train_step import synthetic_step  # noqa: E402
 from slotlab.compilation import compile_model  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
-from slotlab.nn.precision import autocast  # noqa: E402
-from slotlab.tasks import build_model  # noqa: E402
 
 # label -> (precision, implicit_grad, compile)
 VARIANTS = {
@@ -40,31 +39,14 @@ def option_step(preset: str, batch: int, precision: str, implicit: bool, compile
     """One training step of ``preset`` with the options; returns (step, compile seconds or None)."""
     cfg = get_experiment(preset)
     cfg.model.implicit_grad = implicit
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, eps=cfg.train.adam_eps)
-    size = (batch, 3, cfg.model.resolution, cfg.model.resolution)
-    image = torch.rand(size, generator=torch.Generator().manual_seed(1)) * 2 - 1  # the same batch for every variant
-
-    def loss() -> torch.Tensor:
-        with autocast(precision, image.device):
-            out = model(image)
-        return F.mse_loss(out["recon"], image)
-
+    step = synthetic_step(cfg, batch, precision=precision)  # the same weights and batch for every variant
     seconds = None
     if compiled:
         start = time.perf_counter()
-        group = compile_model(model, loss)
+        group = compile_model(step.model, step)
         seconds = time.perf_counter() - start
         if group.failed:
             raise RuntimeError("torch.compile fell back to eager; see the warning above")
-
-    def step() -> None:
-        value = loss()
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        optimizer.step()
-
     return step, seconds
 
 

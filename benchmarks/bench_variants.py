@@ -4,8 +4,8 @@
         base "b8 train.batch_size=8" "dk3 model.decoder_kernel=3 model.decoder_layers=2"
 
 Each variant is ``LABEL [key=value ...]`` (``--set`` overrides of the preset). Each gets its own model and Adam
-from the same seed and one random batch of its batch size; a step is :func:`slotlab.train.train_step` (forward
-under the preset's precision, loss, backward, Adam). Interleaved rounds
+from the same seed and one random batch of its batch size; a step is :func:`slotlab.bench.train_step.make_train_step`
+(forward under the preset's precision, loss, backward, Adam). Interleaved rounds
 (:func:`slotlab.bench.module.time_rounds`); prints a markdown table of the median ms/step, steps/min and
 images/s. Wall-clock on a shared machine: compare rows of one run only.
 """
@@ -21,24 +21,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 import torch  # noqa: E402
 
 from slotlab.bench.module import time_rounds  # noqa: E402
+from slotlab.bench.train_step import synthetic_step  # noqa: E402
 from slotlab.config import apply_overrides  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
-from slotlab.tasks import get_task  # noqa: E402
-from slotlab.train import train_step  # noqa: E402
 
 
 def make_step(experiment: str, overrides: list[str], steps_per_call: int):
     cfg = apply_overrides(get_experiment(experiment), overrides)
-    task = get_task(cfg)
-    torch.manual_seed(0)
-    model = task.build_model(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    res = cfg.model.resolution
-    batch = {"image": torch.rand(cfg.train.batch_size, 3, res, res) * 2 - 1}
+    one = synthetic_step(cfg, cfg.train.batch_size, lr=1e-4)
 
     def step() -> None:
         for _ in range(steps_per_call):
-            train_step(model, opt, task, batch, cfg.train.precision)
+            one()
 
     return step, cfg.train.batch_size
 

@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from slotlab.bench.train_step import torch_step  # noqa: E402
+from slotlab.bench.train_step import synthetic_step  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=20)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    step = torch_step(get_experiment(args.preset), args.batch, fast=not args.plain)
+    step = synthetic_step(get_experiment(args.preset), args.batch, fast=not args.plain, precision="fp32")
     step()  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from slotlab.config import ExperimentConfig, apply_overrides
@@ -36,3 +38,12 @@ def test_json_round_trip(tmp_path):
     assert ExperimentConfig.load(tmp_path / "c.json") == cfg
     with pytest.raises(FileNotFoundError, match="slotlab run directory"):
         ExperimentConfig.load(tmp_path / "missing.json")
+
+
+def test_removed_keys_of_old_config_files_are_ignored_but_not_settable(tmp_path):
+    old = get_experiment("tiny").to_dict()
+    old["train"]["num_workers"] = 4  # a key that earlier versions wrote and never read
+    (tmp_path / "c.json").write_text(json.dumps(old))
+    assert ExperimentConfig.load(tmp_path / "c.json") == get_experiment("tiny")
+    with pytest.raises(KeyError, match="unknown config key 'train.num_workers'"):
+        apply_overrides(get_experiment("tiny"), ["train.num_workers=2"])

@@ -81,7 +81,6 @@ class TrainConfig:
     checkpoint_every: int = 1000
     report_test: bool = False  # also log test-split metrics at each evaluation (for curves; never for selection)
     num_threads: int = 0  # torch threads (0 = all cores)
-    num_workers: int = 0  # DataLoader workers
     precision: str = "fp32"  # "bf16": forward in bf16 autocast; softmaxes, losses, metrics in fp32 (precision.py);
     #                           "auto": bf16 only where the hardware runs it natively, else fp32
     compile: bool = False  # torch.compile the encoder, decoder and head; eager if it fails (compilation.py)
@@ -107,7 +106,8 @@ class ExperimentConfig:
     def from_dict(cls, d: dict) -> ExperimentConfig:
         cfg = cls()
         for key, value in _flatten(d).items():
-            set_value(cfg, key, value)
+            if key not in REMOVED:
+                set_value(cfg, key, value)
         return cfg
 
     @classmethod
@@ -157,6 +157,8 @@ def _cast(value, typ, key: str):
 
 # old key -> its current name: config.json files and --set written with the old name keep working
 ALIASES = {"model.kind": "model.task"}
+# keys that config.json files of earlier versions may hold and that no longer exist (they had no effect)
+REMOVED = {"train.num_workers"}
 
 
 def set_value(cfg: ExperimentConfig, key: str, value) -> None:

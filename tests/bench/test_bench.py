@@ -84,3 +84,14 @@ def test_bench_gpu_steps_and_parity_run_on_cpu_and_the_bench_needs_cuda(monkeypa
         gpu.bench_gpu([("tiny", 2)], modes)
     with pytest.raises(ValueError, match="NAME or NAME:BATCH"):
         gpu.parse_case("tiny:x", 4)
+
+
+def test_benchmark_step_is_a_training_step_of_the_task():
+    cfg = get_experiment("tiny")
+    step = train_step.synthetic_step(cfg, 4, precision="fp32")
+    losses = [float(step()) for _ in range(6)]
+    assert losses[-1] < losses[0]  # Adam updates the model on the fixed batch
+    again = train_step.synthetic_step(cfg, 4, precision="fp32")  # same seed: same weights, batch and first loss
+    assert float(again()) == losses[0]
+    with pytest.raises(ValueError, match="does not cover"):
+        train_step.parse_case("tiny_set", 4)

@@ -1,6 +1,7 @@
 import torch
 
 from slotlab.nn.invariant import InvariantSlotAttention
+from slotlab.nn.slot_attention import SlotAttention
 
 
 def make():
@@ -12,7 +13,7 @@ def test_shapes_and_positions_are_attention_centres():
     sa = make()
     out = sa(torch.randn(2, 30, 12))
     assert out["slots"].shape == (2, 4, 16) and out["positions"].shape == (2, 4, 2)
-    assert out["attns"].shape == (2, 4, 4, 30)  # T + 1 rounds
+    assert out["attns"].shape == (2, 3, 4, 30)  # the T rounds that updated the slots, as plain Slot Attention
     assert torch.allclose(out["attn"].sum(1), torch.ones(2, 30), atol=1e-6)
     w = out["attn"] + sa.eps
     w = w / w.sum(-1, keepdim=True)
@@ -26,6 +27,23 @@ def test_fast_logits_equal_the_literal_per_slot_keys():
     out = sa(x, slots=slots, positions=positions, num_iters=0)  # one round: attention from the given state
     expected = sa.reference_logits(x, slots, positions).softmax(dim=1)
     assert (out["attn"] - expected).abs().max() < 1e-5
+
+
+def test_attention_outputs_agree_with_plain_slot_attention():
+    """Both modules: ``attns`` (B, T, K, N), softmax over slots, one map per slot update; ``attn`` assigns the
+    inputs to the final slots (here the extra round that places them, computed from the final slots)."""
+    sa = make()
+    plain = SlotAttention(4, 12, 16, 3, 32)
+    x = torch.randn(2, 30, 12)
+    out, ref = sa(x), plain(x)
+    assert out["attns"].shape == ref["attns"].shape == (2, 3, 4, 30)
+    assert out["attn"].shape == ref["attn"].shape == (2, 4, 30)
+    assert torch.allclose(out["attns"].sum(2), torch.ones(2, 3, 30), atol=1e-6)
+    s0, p0 = torch.randn(2, 4, 16), torch.rand(2, 4, 2) * 2 - 1
+    full = sa(x, slots=s0, positions=p0)
+    for t in range(3):  # round t's attention is the final attention of a run stopped after t updates
+        assert torch.allclose(full["attns"][:, t], sa(x, slots=s0, positions=p0, num_iters=t)["attn"], atol=1e-6)
+    assert sa(x, slots=s0, positions=p0, num_iters=0)["attns"].shape == (2, 0, 4, 30)
 
 
 def test_keys_depend_only_on_relative_position():

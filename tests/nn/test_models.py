@@ -202,3 +202,55 @@ def test_relative_position_embedding_is_a_slot_offset():
     expected = torch.einsum("ihw,ci->chw", rel4, pos.proj.weight) + pos.proj.bias[:, None, None]
     got = pos.embedding()[0] - pos.offset(c)[:, None, None]
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def _frame_decoder(table: bool):
+    from slotlab.nn.modules import MLPDecoder
+
+    torch.manual_seed(0)
+    decoder = MLPDecoder(8, (7, 9), hidden=16, num_layers=2, num_freqs=2, table=table)
+    if table:
+        torch.nn.init.normal_(decoder.table)  # zeros at init; a random table makes every offset distinct
+    return decoder
+
+
+@pytest.mark.parametrize("table", [False, True])
+def test_slot_frame_decoder_is_translation_and_scale_equivariant(table):
+    """In a slot's frame (model.decoder_frame="slot"/"slot_scale"; model.decoder_table adds a learned feature per
+    pixel offset), moving the center by m pixels moves the drawing by m pixels, and a scale of 1/2 draws at pixel
+    offset m what scale 1 draws at 2m."""
+    decoder = _frame_decoder(table)
+    slots = torch.randn(1, 1, 8)
+    step = torch.tensor([2 / 6, 2 / 8])  # one pixel on the [-1, 1] grid of 7 x 9
+    center = torch.tensor([[[-1 + 3 * step[0], -1 + 4 * step[1]]]])  # pixel (3, 4)
+    with torch.no_grad():
+        out = decoder(slots, center)[0, 0]  # (4, 7, 9)
+        moved = decoder(slots, center + step)[0, 0]  # center at pixel (4, 5)
+        half = decoder(slots, center, torch.full((1, 1, 2), 0.5))[0, 0]
+    assert torch.allclose(moved[:, 1:, 1:], out[:, :-1, :-1], atol=1e-5)
+    assert not torch.allclose(moved, out, atol=1e-3)
+    for m in (-1, 1):  # offset m from the center at scale 1/2 = offset 2m at scale 1
+        assert torch.allclose(half[:, 3 + m, 4 + m], out[:, 3 + 2 * m, 4 + 2 * m], atol=1e-5)
+    if table:  # the table is used: a changed entry changes the drawing
+        with torch.no_grad():
+            decoder.table.add_(1.0)
+            assert not torch.allclose(decoder(slots, center)[0, 0], out, atol=1e-3)
+
+
+def test_slot_scale_frame_and_table_in_the_autoencoder():
+    cfg = get_experiment("tiny").model
+    cfg.decoder, cfg.decoder_frame, cfg.decoder_table = "mlp", "slot_scale", True
+    torch.manual_seed(0)
+    model = SlotAttentionAutoEncoder(cfg)
+    image = torch.rand(2, 3, cfg.resolution, cfg.resolution) * 2 - 1
+    slots = model.slot_attention.init_slots(2, cfg.num_slots)
+    out = model(image, slots=slots)
+    out["recon"].square().sum().backward()
+    assert model.decoder.table.grad is not None and model.decoder.table.grad.abs().sum() > 0
+    cfg2 = get_experiment("tiny").model
+    cfg2.decoder, cfg2.decoder_frame, cfg2.decoder_table = "mlp", "slot", True
+    translation_only = SlotAttentionAutoEncoder(cfg2)
+    translation_only.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other = translation_only(image, slots=slots)["recon"]
+    assert not torch.allclose(other, out["recon"].detach(), atol=1e-4)  # the attention's spread scales the frame

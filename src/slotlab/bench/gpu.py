@@ -35,12 +35,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from slotlab.bench.train_step import make_train_step
 from slotlab.compilation import compile_model
 from slotlab.experiments import get_experiment
 from slotlab.nn.fast_paths import set_fast_paths
 from slotlab.nn.precision import autocast
 from slotlab.tasks import build_model, get_task
-from slotlab.train import forward_loss, train_step
+from slotlab.train import forward_loss
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def build_steps(preset: str, batch: int, modes: list[str], device: torch.device,
         model.load_state_dict(reference.state_dict())
         set_fast_paths(model.to(device), mode.fast)
         model.check_finite = False  # as train() on a GPU
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, eps=cfg.train.adam_eps, fused=True)
+        train = make_train_step(cfg, model, inputs, precision=mode.precision, lr=1e-4, fused=True)
 
         if mode.compile:
             set_tf32(mode.tf32_conv)
@@ -110,9 +111,9 @@ def build_steps(preset: str, batch: int, modes: list[str], device: torch.device,
 
         flag = torch.zeros((), dtype=torch.bool, device=device)
 
-        def step(model=model, optimizer=optimizer, mode=mode, flag=flag) -> torch.Tensor:
+        def step(train=train, mode=mode, flag=flag) -> torch.Tensor:
             set_tf32(mode.tf32_conv)
-            loss = train_step(model, optimizer, task, inputs, mode.precision)
+            loss = train()
             flag |= ~torch.isfinite(loss)  # as train(): accumulated, read later
             return loss
 

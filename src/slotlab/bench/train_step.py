@@ -1,6 +1,7 @@
 """Training-step benchmark (``slotlab bench train``): images/s of a full step, printed as tables, never pass/fail.
 
-One step = forward, MSE reconstruction loss, backward, Adam update, on a fixed batch of random images in [-1, 1].
+One step = :func:`make_train_step` (as training: forward, the task's loss, backward, Adam update), in fp32, on a
+fixed batch of random images in [-1, 1].
 Three implementations per preset, timed in interleaved rounds (the order rotated each round, as in
 :mod:`slotlab.bench.module`), so that a shared machine's load hits them alike:
 
@@ -31,7 +32,6 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slotlab.bench.module import _proc_status_kb, time_rounds
@@ -39,6 +39,7 @@ from slotlab.config import ExperimentConfig, ModelConfig
 from slotlab.experiments import get_experiment
 from slotlab.nn.fast_paths import set_fast_paths
 from slotlab.tasks import build_model, get_task
+from slotlab.train import train_step
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +86,35 @@ def train_flops(cfg: ModelConfig, batch: int) -> float:
     return 2.0 * 3.0 * macs * batch
 
 
-def torch_step(cfg: ExperimentConfig, batch: int, fast: bool, seed: int = 0) -> Callable[[], None]:
-    """One training step of slotlab's autoencoder (as in train.py) on a fixed random batch (B, 3, H, W)."""
-    torch.manual_seed(seed)
-    model = set_fast_paths(build_model(cfg.model), fast)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, eps=cfg.train.adam_eps)
-    res = cfg.model.resolution
-    image = torch.rand(batch, 3, res, res) * 2 - 1
+def make_train_step(cfg: ExperimentConfig, model: nn.Module, batch: dict[str, torch.Tensor], *,
+                    precision: str | None = None, lr: float | None = None,
+                    fused: bool = False) -> Callable[[], torch.Tensor]:
+    """The training step every benchmark times, exactly as training runs it: :func:`slotlab.train.train_step`
+    (the forward under ``precision``, default ``cfg.train.precision``; the task's loss; backward; an Adam update
+    with ``lr``, default ``cfg.train.lr``, and ``cfg.train.adam_eps``; ``fused`` Adam on a GPU) on one fixed
+    ``batch`` on the model's device. The step returns the detached loss (no device sync); ``step.model`` is
+    ``model``."""
+    task = get_task(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr if lr is None else lr, eps=cfg.train.adam_eps,
+                                 fused=fused)
+    precision = cfg.train.precision if precision is None else precision
 
-    def step() -> None:
-        loss = F.mse_loss(model(image)["recon"], image)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step() -> torch.Tensor:
+        return train_step(model, optimizer, task, batch, precision)
 
+    step.model = model  # type: ignore[attr-defined]
     return step
+
+
+def synthetic_step(cfg: ExperimentConfig, batch_size: int, *, fast: bool = True, seed: int = 0,
+                   **options) -> Callable[[], torch.Tensor]:
+    """:func:`make_train_step` of a fresh model of ``cfg`` (weights from ``seed``, fast paths ``fast``) on the
+    task's synthetic batch (:attr:`slotlab.tasks.Task.synthetic_batch`) of ``batch_size``; ``options`` as there."""
+    task = get_task(cfg)
+    torch.manual_seed(seed)
+    model = set_fast_paths(task.build_model(cfg), fast)
+    model.train()
+    return make_train_step(cfg, model, task.synthetic_batch(cfg.model, batch_size), **options)
 
 
 def keras_unsupported(cfg: ModelConfig) -> str | None:
@@ -186,7 +200,8 @@ def build_steps(case: Case, keras: bool) -> tuple[dict[str, Callable[[], None]],
     """The step functions of one case, and for each implementation that cannot run, the reason."""
     _, cfg_dict, batch = case
     cfg = ExperimentConfig.from_dict(cfg_dict)
-    steps = {"slotlab": torch_step(cfg, batch, True), "slotlab plain": torch_step(cfg, batch, False)}
+    steps = {"slotlab": synthetic_step(cfg, batch, fast=True, precision="fp32"),
+             "slotlab plain": synthetic_step(cfg, batch, fast=False, precision="fp32")}
     skipped = {}
     reason = keras_available() if keras else "skipped (--no-keras)"
     reason = reason or keras_unsupported(cfg.model)
@@ -298,7 +313,7 @@ def steps_per_second(preset: str, num_threads: int, seconds: float) -> dict:
 
     cfg = get_experiment(preset)
     set_threads(num_threads)
-    step = torch_step(cfg, cfg.train.batch_size, fast=True)
+    step = synthetic_step(cfg, cfg.train.batch_size, precision="fp32")
     for _ in range(3):
         step()
     n, wall, cpu = 0, time.perf_counter(), time.process_time()

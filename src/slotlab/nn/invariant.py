@@ -24,65 +24,45 @@ from torch import Tensor, nn
 
 from slotlab.nn.modules import build_grid
 from slotlab.nn.precision import fp32, full_precision
-from slotlab.nn.slot_attention import keras_reset_
+from slotlab.nn.slot_attention import SlotCore
 
 
-class InvariantSlotAttention(nn.Module):
-    """Slot Attention whose keys encode positions relative to each slot; returns slots and their positions."""
+class InvariantSlotAttention(SlotCore):
+    """Slot Attention whose keys encode positions relative to each slot; returns slots and their positions.
+
+    The shared parts (sizes, projections, GRU, MLP, initial slots, initialisation) are :class:`SlotCore`'s; this
+    module adds the relative-position key encoder (``grid_proj``, ``grid_hidden``, ``grid_out``) and the grid of
+    input positions for ``resolution`` (H, W), N = H * W.
+    """
 
     def __init__(self, num_slots: int, input_dim: int, resolution: tuple[int, int], slot_dim: int = 64,
                  num_iters: int = 3, mlp_hidden_dim: int = 128, grid_hidden_dim: int = 64, eps: float = 1e-8,
                  ln_eps: float = 1e-3, slot_init: str = "random") -> None:
-        super().__init__()
-        self.num_slots, self.num_iters, self.eps = num_slots, num_iters, eps
-        self.slot_dim = slot_dim
-        self.scale = slot_dim**-0.5
-        self.norm_inputs = nn.LayerNorm(input_dim, eps=ln_eps)
-        self.norm_slots = nn.LayerNorm(slot_dim, eps=ln_eps)
-        self.norm_mlp = nn.LayerNorm(slot_dim, eps=ln_eps)
-        self.to_q = nn.Linear(slot_dim, slot_dim, bias=False)
-        self.to_k = nn.Linear(input_dim, slot_dim, bias=False)
-        self.to_v = nn.Linear(input_dim, slot_dim, bias=False)
-        self.grid_proj = nn.Linear(2, slot_dim)  # G: relative position -> key space
-        self.grid_hidden = nn.Linear(slot_dim, grid_hidden_dim)  # W1, c
-        self.grid_out = nn.Linear(grid_hidden_dim, slot_dim)  # W2, b2
-        self.gru = nn.GRUCell(slot_dim, slot_dim)
-        self.mlp = nn.Sequential(nn.Linear(slot_dim, mlp_hidden_dim), nn.ReLU(), nn.Linear(mlp_hidden_dim, slot_dim))
-        self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_dim))
-        self.slots_log_sigma = nn.Parameter(torch.empty(1, 1, slot_dim))
-        self.slot_init = slot_init
-        if slot_init == "learned":  # one learned initial vector per slot (BO-QSA): K is fixed
-            self.slots_init = nn.Parameter(torch.empty(1, num_slots, slot_dim))
-            for unused in (self.slots_mu, self.slots_log_sigma):  # kept for checkpoints; no gradient, no update
-                unused.requires_grad_(False)
-        elif slot_init != "random":
-            raise ValueError(f"InvariantSlotAttention: slot_init must be 'random' or 'learned', got {slot_init!r}")
+        key_layers = {
+            "grid_proj": nn.Linear(2, slot_dim),  # G: relative position -> key space
+            "grid_hidden": nn.Linear(slot_dim, grid_hidden_dim),  # W1, c
+            "grid_out": nn.Linear(grid_hidden_dim, slot_dim),  # W2, b2
+        }
+        super().__init__(num_slots, input_dim, slot_dim, num_iters, mlp_hidden_dim, eps, qkv_bias=False,
+                         ln_eps=ln_eps, slot_init=slot_init, key_layers=key_layers)
         grid = build_grid(*resolution)[0, :2].flatten(1).T * 2 - 1  # (N, 2), (y, x) in [-1, 1]
         self.register_buffer("grid", grid, persistent=False)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        keras_reset_(self)
 
     def forward(self, inputs: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None, positions: Tensor | None = None) -> dict[str, Tensor]:
         """inputs (B, N, input_dim) with N = H * W of ``resolution``.
 
-        Returns ``slots`` (B, K, D), ``positions`` (B, K, 2) in [-1, 1] (y, x), ``attn`` (B, K, N) the final
-        round's attention (softmax over slots) and ``attns`` (B, T + 1, K, N).
+        T rounds of attention update the slots and their positions; one more round, from the final slots, only
+        updates the positions. Returns ``slots`` (B, K, D), ``positions`` (B, K, 2) in [-1, 1] (y, x),
+        ``attns`` (B, T, K, N) the attention (softmax over slots) of the T rounds that updated the slots, as
+        :class:`SlotAttention`, and ``attn`` (B, K, N) the final round's, which placed the slots (:class:`SlotCore`).
         """
         B, N, _ = inputs.shape
         if N != self.grid.shape[0]:
             raise ValueError(f"InvariantSlotAttention: expected N = {self.grid.shape[0]} inputs, got {N}")
         num_iters = self.num_iters if num_iters is None else num_iters
-        if slots is None and self.slot_init == "learned":
-            if num_slots not in (None, self.num_slots):
-                raise ValueError(f"slot_init='learned' has K={self.num_slots}; got num_slots={num_slots}")
-            slots = self.slots_init.expand(B, -1, -1)
-        elif slots is None:
-            K = num_slots or self.num_slots
-            mu = self.slots_mu.expand(B, K, -1)
-            slots = mu + self.slots_log_sigma.exp() * torch.randn_like(mu)
+        if slots is None:
+            slots = self.init_slots(B, num_slots or self.num_slots)
         K = slots.shape[1]
         if positions is None:
             positions = torch.rand(B, K, 2, device=inputs.device, dtype=inputs.dtype) * 2 - 1
@@ -100,16 +80,16 @@ class InvariantSlotAttention(nn.Module):
             q_h = q @ self.grid_out.weight  # (B, K, H): W2^T q
             logits = torch.einsum("bkh,bknh->bkn", q_h, h) + (q @ self.grid_out.bias)[:, :, None]  # (B, K, N)
             attn = fp32(logits).softmax(dim=1)  # softmax over slots (fp32 under autocast, as what follows)
-            attns.append(attn)
             weights = attn + self.eps
             weights = weights / weights.sum(dim=-1, keepdim=True)  # (B, K, N), weighted mean over inputs
             with full_precision(weights):
                 positions = weights @ self.grid  # (B, K, 2) centre of mass
                 updates = weights @ v if round_ < num_iters else None  # (B, K, D)
             if round_ < num_iters:  # the last round only updates the positions
-                slots = self.gru(updates.reshape(B * K, -1), slots.reshape(B * K, -1)).reshape(B, K, -1)
-                slots = slots + self.mlp(self.norm_mlp(slots))
-        return {"slots": slots, "positions": positions, "attn": attns[-1], "attns": torch.stack(attns, dim=1)}
+                attns.append(attn)
+                slots = self.refine(updates, slots)
+        attns = torch.stack(attns, dim=1) if attns else attn[:, None][:, :0]  # T = 0: (B, 0, K, N)
+        return {"slots": slots, "positions": positions, "attn": attn, "attns": attns}
 
     def reference_logits(self, inputs: Tensor, slots: Tensor, positions: Tensor) -> Tensor:
         """The literal per-slot keys W2 relu(W1 (k_n + G (g_n - p_k)) + c) + b2 and their logits, for tests."""

@@ -39,7 +39,9 @@ class SlotAttentionAutoEncoder(nn.Module):
     forward(image (B, 3, H, W) in [-1, 1]) returns:
         ``recon`` (B, 3, H, W) recomposed image; ``recons`` (B, K, 3, H, W) per-slot RGB;
         ``masks`` (B, K, 1, H, W) alpha masks (softmax over K); ``slots`` (B, K, D);
-        ``attn`` (B, K, N) last-iteration attention; ``attns`` (B, T, K, N) every iteration's.
+        ``attns`` (B, T, K, N) the attention of each of the T iterations; ``attn`` (B, K, N) the attention that
+        assigns the inputs to the final slots (the last iteration's; with invariant attention the extra round that
+        places the slots, :class:`slotlab.nn.slot_attention.SlotCore`).
     With ``model.background="uniform"`` ``recons`` and ``masks`` have K + 1 components, the background last.
     """
 

@@ -26,7 +26,83 @@ from slotlab.nn.fast_attention import fast_iterations
 from slotlab.nn.precision import fp32, full_precision
 
 
-class SlotAttention(nn.Module):
+class SlotCore(nn.Module):
+    """What every Slot Attention module shares: the sizes, the LayerNorms, the q / k / v projections, the GRU and
+    residual MLP that refine the slots, the initial-slot distribution (or learned initial slots), and their
+    Keras-equivalent initialisation. :class:`SlotAttention` and
+    :class:`slotlab.nn.invariant.InvariantSlotAttention` add their attention on top.
+
+    ``key_layers`` ({name: module}) are further layers of a subclass's key path, registered right after the
+    projections: the registration order fixes the order of the parameters, and with it of the optimizer state
+    saved in checkpoints.
+
+    Both modules return ``slots`` (B, K, D), ``attn`` (B, K, N) and ``attns`` (B, T, K, N): the attention
+    (softmax over slots) that produced each of the T slot updates, and ``attn``, the attention that assigns the
+    inputs to the final slots (the masks of ``model.mask_source="attention"``).
+    """
+
+    def __init__(self, num_slots: int, input_dim: int, slot_dim: int, num_iters: int, mlp_hidden_dim: int,
+                 eps: float, *, qkv_bias: bool, ln_eps: float, slot_init: str,
+                 key_layers: dict[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for key, value in [("num_slots", num_slots), ("input_dim", input_dim), ("slot_dim", slot_dim),
+                           ("num_iters", num_iters), ("mlp_hidden_dim", mlp_hidden_dim)]:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: {key} must be a positive int, got {value!r}")
+        if slot_init not in ("random", "learned"):
+            raise ValueError(f"{name}: slot_init must be 'random' or 'learned', got {slot_init!r}")
+        self.num_slots = num_slots
+        self.input_dim = input_dim
+        self.slot_dim = slot_dim
+        self.num_iters = num_iters
+        self.eps = eps
+        self.scale = slot_dim**-0.5
+        self.slot_init = slot_init
+
+        self.norm_inputs = nn.LayerNorm(input_dim, eps=ln_eps)
+        self.norm_slots = nn.LayerNorm(slot_dim, eps=ln_eps)
+        self.norm_mlp = nn.LayerNorm(slot_dim, eps=ln_eps)
+        self.to_q = nn.Linear(slot_dim, slot_dim, bias=qkv_bias)
+        self.to_k = nn.Linear(input_dim, slot_dim, bias=qkv_bias)
+        self.to_v = nn.Linear(input_dim, slot_dim, bias=qkv_bias)
+        for key, layer in (key_layers or {}).items():
+            self.add_module(key, layer)
+        self.gru = nn.GRUCell(slot_dim, slot_dim)
+        self.mlp = nn.Sequential(nn.Linear(slot_dim, mlp_hidden_dim), nn.ReLU(), nn.Linear(mlp_hidden_dim, slot_dim))
+        self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_dim))
+        self.slots_log_sigma = nn.Parameter(torch.empty(1, 1, slot_dim))
+        if slot_init == "learned":  # one learned initial vector per slot (BO-QSA): K is fixed
+            self.slots_init = nn.Parameter(torch.empty(1, num_slots, slot_dim))
+            for unused in (self.slots_mu, self.slots_log_sigma):  # kept for checkpoints; no gradient, no update
+                unused.requires_grad_(False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Keras-equivalent initialisation (glorot-uniform kernels, zero biases, orthogonal recurrent kernel)."""
+        keras_reset_(self)
+
+    def init_slots(self, batch_size: int, num_slots: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw initial slots mu + sigma * noise, (B, K, D); a fresh draw on every call (or the learned ones)."""
+        if self.slot_init == "learned":
+            if num_slots != self.num_slots:
+                raise ValueError(f"slot_init='learned' fixes K={self.num_slots}, got num_slots={num_slots}")
+            return self.slots_init.expand(batch_size, -1, -1)
+        mu = self.slots_mu.expand(batch_size, num_slots, -1)
+        if generator is None:  # randn_like: traceable by torch.compile with a symbolic batch size
+            noise = torch.randn_like(mu, memory_format=torch.contiguous_format)
+        else:
+            noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        return mu + self.slots_log_sigma.exp() * noise
+
+    def refine(self, updates: Tensor, slots_prev: Tensor) -> Tensor:
+        """GRU (state = the slots before LayerNorm) then the residual MLP: (B, K, D), (B, K, D) -> (B, K, D)."""
+        B, K, D = updates.shape
+        slots = self.gru(updates.reshape(B * K, D), slots_prev.reshape(B * K, D)).reshape(B, K, D)
+        return slots + self.mlp(self.norm_mlp(slots))
+
+
+class SlotAttention(SlotCore):
     """The Slot Attention module.
 
     Args:
@@ -67,61 +143,16 @@ class SlotAttention(nn.Module):
         slot_init: str = "random",
         fast: bool = True,
     ) -> None:
-        super().__init__()
-        for name, value in [("num_slots", num_slots), ("input_dim", input_dim), ("slot_dim", slot_dim),
-                            ("num_iters", num_iters), ("mlp_hidden_dim", mlp_hidden_dim)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"SlotAttention: {name} must be a positive int, got {value!r}")
-        self.num_slots = num_slots
-        self.input_dim = input_dim
-        self.slot_dim = slot_dim
-        self.num_iters = num_iters
-        self.eps = eps
-        self.implicit_grad = implicit_grad
         if straight_through and not implicit_grad:
             raise ValueError("SlotAttention: straight_through=True needs implicit_grad=True (it routes the gradient "
                              "that implicit_grad stops)")
+        super().__init__(num_slots, input_dim, slot_dim, num_iters, mlp_hidden_dim, eps, qkv_bias=qkv_bias,
+                         ln_eps=ln_eps, slot_init=slot_init)
+        self.implicit_grad = implicit_grad
         self.straight_through = straight_through
         self.fast = fast
         self.fast_min_inputs = 2048  # B*N; measured break-even of the fast path on a 2-core CPU (docs/performance.md)
         self.check_finite = True  # models that validate their own inputs turn this per-call check off
-        self.scale = slot_dim**-0.5
-
-        self.norm_inputs = nn.LayerNorm(input_dim, eps=ln_eps)
-        self.norm_slots = nn.LayerNorm(slot_dim, eps=ln_eps)
-        self.norm_mlp = nn.LayerNorm(slot_dim, eps=ln_eps)
-        self.to_q = nn.Linear(slot_dim, slot_dim, bias=qkv_bias)
-        self.to_k = nn.Linear(input_dim, slot_dim, bias=qkv_bias)
-        self.to_v = nn.Linear(input_dim, slot_dim, bias=qkv_bias)
-        self.gru = nn.GRUCell(slot_dim, slot_dim)
-        self.mlp = nn.Sequential(nn.Linear(slot_dim, mlp_hidden_dim), nn.ReLU(), nn.Linear(mlp_hidden_dim, slot_dim))
-        self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_dim))
-        self.slots_log_sigma = nn.Parameter(torch.empty(1, 1, slot_dim))
-        if slot_init not in ("random", "learned"):
-            raise ValueError(f"SlotAttention: slot_init must be 'random' or 'learned', got {slot_init!r}")
-        self.slot_init = slot_init
-        if slot_init == "learned":
-            self.slots_init = nn.Parameter(torch.empty(1, num_slots, slot_dim))
-            for unused in (self.slots_mu, self.slots_log_sigma):  # kept for checkpoints; no gradient, no update
-                unused.requires_grad_(False)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Keras-equivalent initialisation (glorot-uniform kernels, zero biases, orthogonal recurrent kernel)."""
-        keras_reset_(self)
-
-    def init_slots(self, batch_size: int, num_slots: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw initial slots mu + sigma * noise, (B, K, D); a fresh draw on every call (or the learned ones)."""
-        if self.slot_init == "learned":
-            if num_slots != self.num_slots:
-                raise ValueError(f"slot_init='learned' fixes K={self.num_slots}, got num_slots={num_slots}")
-            return self.slots_init.expand(batch_size, -1, -1)
-        mu = self.slots_mu.expand(batch_size, num_slots, -1)
-        if generator is None:  # randn_like: traceable by torch.compile with a symbolic batch size
-            noise = torch.randn_like(mu, memory_format=torch.contiguous_format)
-        else:
-            noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
-        return mu + self.slots_log_sigma.exp() * noise
 
     def forward(
         self,
@@ -142,9 +173,9 @@ class SlotAttention(nn.Module):
             input_mask: (B, N) bool, True marks *padded* inputs that receive no attention.
 
         Returns:
-            ``slots`` (B, K, D) final slots; ``attn`` (B, K, N) the last iteration's attention (softmax over
-            slots, before the renormalisation over inputs); ``attns`` (B, T, K, N) every iteration's attention;
-            ``init_slots`` (B, K, D) the initial slots used.
+            ``slots`` (B, K, D) final slots; ``attns`` (B, T, K, N) every iteration's attention (softmax over
+            slots, before the renormalisation over inputs); ``attn`` (B, K, N) the last iteration's, ``attns[:, -1]``
+            (:class:`SlotCore`); ``init_slots`` (B, K, D) the initial slots used.
         """
         num_iters = self.num_iters if num_iters is None else num_iters
         self._check(inputs, num_slots, num_iters, slots, input_mask)
@@ -190,12 +221,6 @@ class SlotAttention(nn.Module):
         with full_precision(weights):
             updates = torch.bmm(weights, v)  # (B, K, D)
         return self.refine(updates, slots), attn
-
-    def refine(self, updates: Tensor, slots_prev: Tensor) -> Tensor:
-        """GRU (state = the slots before LayerNorm) then the residual MLP: (B, K, D), (B, K, D) -> (B, K, D)."""
-        B, K, D = updates.shape
-        slots = self.gru(updates.reshape(B * K, D), slots_prev.reshape(B * K, D)).reshape(B, K, D)
-        return slots + self.mlp(self.norm_mlp(slots))
 
     def _check(self, inputs, num_slots, num_iters, slots, input_mask) -> None:
         if not isinstance(inputs, Tensor) or inputs.dim() != 3 or inputs.shape[-1] != self.input_dim:
