@@ -1,8 +1,8 @@
 """Named experiment presets: the paper's configurations and small CPU presets. Each is a plain function.
 
-Paper presets follow SPEC.md sections 2 and 4 (official code for CLEVR; the appendix-as-reimplemented for
-Multi-dSprites and Tetrominoes, whose exact slot size is unverified). CPU presets are slotlab's own designs,
-documented in README.md with the curves that justify them.
+Paper presets follow the official code for CLEVR and the appendix as reimplemented for Multi-dSprites and
+Tetrominoes, whose exact slot size is unverified (docs/reference.md). CPU presets are slotlab's own designs,
+documented in docs/design_notes.md with the measurements that justify them.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ def tetrominoes() -> ExperimentConfig:
 
 
 def tetrominoes_cpu() -> ExperimentConfig:
-    """The demo: Tetrominoes-like scenes on 2 CPU cores in ~10 minutes (slotlab's design; docs/cpu_preset_search.md).
+    """The demo: Tetrominoes-like scenes on 2 CPU cores in ~10 minutes (slotlab's design; docs/design_notes.md).
 
-    Changes from the paper model, each measured in docs/cpu_preset_search.md: a 3x3 encoder and a per-pixel MLP
+    Changes from the paper model, each measured in docs/design_notes.md: a 3x3 encoder and a per-pixel MLP
     decoder (5x cheaper per step); the decoder draws each slot around its attention centroid (leaves the initial
     plateau sooner); masks = softmax(decoder logits + log attention), which gives the background its own slot
     within a few hundred steps; lr 1e-3 with a short warmup.
@@ -76,7 +76,7 @@ def tetrominoes_cpu() -> ExperimentConfig:
 
 def tetrominoes_bg_cpu() -> ExperimentConfig:
     """The paper's Tetrominoes model with a background layer and learned initial slots, batch 16 (slotlab
-    design; docs/cpu_preset_search.md): the background goes to its own layer and each slot to one piece,
+    design; docs/design_notes.md): the background goes to its own layer and each slot to one piece,
     masks that sharpen with training rather than the demo's plateau. 30-minute budget on 2 cores."""
     cfg = tetrominoes()
     cfg.name = "tetrominoes_bg_cpu"
@@ -108,7 +108,7 @@ def multi_dsprites_cpu() -> ExperimentConfig:
 def clevr_set() -> ExperimentConfig:
     """Paper: CLEVR set prediction (official ``SlotAttentionClassifier``): full 320x480 image squashed to 128x128,
     5x5 convs with strides 1, 2, 2, 1 to 32x32 features, K=10, T=3, per-slot MLP to the 19 CLEVR properties;
-    batch 512, 150K steps, warmup 1K, decay 0.5 per 50K (SPEC.md sections 3 and 4). Needs the CLEVR_v1.0
+    batch 512, 150K steps, warmup 1K, decay 0.5 per 50K (official set_prediction/train.py). Needs the CLEVR_v1.0
     directory: ``--set data.path=/data/CLEVR_v1.0``."""
     return ExperimentConfig(
         name="clevr_set",
@@ -124,7 +124,7 @@ def clevr_set() -> ExperimentConfig:
 def sprites_set_cpu() -> ExperimentConfig:
     """Set prediction on built-in 2-D sprite scenes (data/sprites_set.py) on 2 CPU cores in ~30 minutes.
 
-    The paper's set predictor, smaller (slotlab design; each change measured, README "Set prediction"): 64x64
+    The paper's set predictor, smaller (slotlab design; each change measured, docs/design_notes.md): 64x64
     input, 3x3 convs with strides 1, 2, 2, 1 to 16x16 features, 32 channels; K=6 for up to 5 objects; a learned
     initial vector per slot (breaks the slot symmetry: the paper's shared random init stayed at AP 2% for 1,000
     steps); the head also sees each slot's attention centroid (positions); batch 32, lr 1e-3 halving every 8K

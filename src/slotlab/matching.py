@@ -2,7 +2,7 @@
 
 The assignment is a discrete choice made outside the autograd graph, once per scene, on the detached cost; the
 loss then differentiates the matched costs only. This is how the official set-prediction code does it (the
-matching runs in NumPy; SPEC.md section 3).
+matching runs in NumPy, set_prediction/utils.py).
 """
 
 from __future__ import annotations

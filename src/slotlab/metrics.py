@@ -119,7 +119,7 @@ def average_precision(pred, target, threshold: float | None = None, layout: SetL
     layout ``layout`` (default: CLEVR's 19 columns; see :mod:`slotlab.set_layout`). ``threshold``: a distance in
     the layout's original units (CLEVR: [-3, 3]); ``None`` or ``-1`` means infinity (attributes only).
 
-    The procedure (SPEC.md section 3):
+    The procedure (official set_prediction ``utils.average_precision_clevr``):
     1. all B*K predictions, ordered by confidence (the flag column) from high to low (ties keep their order);
     2. each prediction's classes are the argmax of every categorical block; among the *real* targets of the same
        scene whose classes **all** match, take the nearest (Euclidean distance of the coordinates times

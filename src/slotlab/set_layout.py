@@ -6,7 +6,7 @@ need the layout (it compares whole vectors); the AP metric and the pictures do.
 
 Two layouts ship with slotlab:
 
-- :data:`CLEVR_LAYOUT` (P = 19), the official order of ``google-research/slot_attention`` data.py (SPEC.md section 3):
+- :data:`CLEVR_LAYOUT` (P = 19), the official order of ``google-research/slot_attention`` data.py:
   [0:3] 3d_coords as (c + 3) / 6, [3:5] size, [5:7] material, [7:10] shape, [10:18] colour, [18] real object.
   Distances for AP are measured in the original [-3, 3] units, hence ``coord_scale = 6``.
 - :data:`SPRITES_LAYOUT` (P = 14), slotlab's built-in 2-D sprites (``data/sprites_set.py``):

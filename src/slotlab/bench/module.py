@@ -31,7 +31,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# (B, N, D, K): the paper's four settings (issue 5)
+# (B, N, D, K): the paper's four settings
 SHAPES = {
     "clevr6": (8, 128 * 128, 64, 7),
     "multi_dsprites": (32, 64 * 64, 64, 6),

@@ -7,7 +7,7 @@ Layout on disk (the official download, ``CLEVR_v1.0.zip``)::
                                                                      "objects": [{"3d_coords", "size", "material",
                                                                                   "shape", "color", ...}]}]}
 
-Preprocessing as the official Slot Attention set-prediction code (SPEC.md sections 3 and 4): the whole image, not
+Preprocessing as the official Slot Attention set-prediction code (docs/reference.md): the whole image, not
 cropped, resized to 128x128 bilinear with half-pixel centres and no antialiasing (TF2 ``tf.image.resize``; the
 aspect ratio is squashed), alpha dropped; returned as uint8 (rounded; the model maps it to [-1, 1]). Scenes with
 more than ``max_objects`` (10) objects are filtered out, as the official code does (CLEVR has 3-10, so none are).

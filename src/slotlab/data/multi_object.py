@@ -1,6 +1,6 @@
 """Readers for DeepMind's multi_object_datasets files (GZIP TFRecords of tf.train.Example), without TensorFlow.
 
-Fields as in the official readers (google-deepmind/multi_object_datasets, SPEC.md section 6): ``image`` and
+Fields as in the official readers (google-deepmind/multi_object_datasets): ``image`` and
 ``mask`` stored as one 1-byte string per element, masks 0/255 with the background first, float32 factors per
 object, and (CLEVR) uint8 codes stored as bytes. We return the arrays the built-in generators produce, so real
 files plug into the same :class:`~slotlab.data.SceneSet` / item contract:
@@ -13,7 +13,7 @@ files plug into the same :class:`~slotlab.data.SceneSet` / item contract:
 - every factor as float32 (N, G) or (N, G, C), with the official field names; CLEVR codes ``size``, ``material``,
   ``shape``, ``color`` are uint8 on disk and float32 here.
 
-CLEVR with masks follows the paper's protocol (IODINE's data.py, SPEC.md section 4): crop rows 29:221 and columns
+CLEVR with masks follows the paper's protocol (IODINE's data.py; docs/reference.md): crop rows 29:221 and columns
 64:256, then resize to 128x128, bilinear with half-pixel centres and no antialiasing for the image (TF2
 ``tf.image.resize``), nearest for the masks. ``clevr6`` keeps only scenes with at most 6 objects.
 """

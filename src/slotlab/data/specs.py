@@ -21,7 +21,7 @@ from pathlib import Path
 from slotlab.data.multi_object import LAYOUTS, read_multi_object
 
 # Named record ranges (start, stop, scene limit). Train: the paper's first 60K (Multi-dSprites, Tetrominoes) and
-# 70K (CLEVR6) scenes (SPEC.md section 4). Held-out: records from 90,000 on, far from the training range; "test" is
+# 70K (CLEVR6) scenes (docs/reference.md). Held-out: records from 90,000 on, far from the training range; "test" is
 # slotlab's default (10,000 records), "test320" the paper's 320 scenes (the first 320 kept in that range).
 _SIXTY_K = {"train": (0, 60_000, None), "test": (90_000, 100_000, None), "test320": (90_000, 100_000, 320)}
 _SEVENTY_K = {"train": (0, 70_000, None), "test": (90_000, 100_000, None), "test320": (90_000, 100_000, 320)}

@@ -1,4 +1,4 @@
-"""The official Slot Attention architecture in Keras 2, written from SPEC.md sections 1, 2a and 3.
+"""The official Slot Attention architecture in Keras 2, written from the official model.py (docs/reference.md).
 
 A reference for the TensorFlow side of slotlab's parity test (tests/interop/test_official_tf.py) and of the speed
 benchmark: the same layers, the same attribute names and so the same checkpoint variable names as
@@ -29,7 +29,7 @@ L = keras.layers
 
 
 class SlotAttention(L.Layer):
-    """SPEC.md section 1. inputs (B, N, C) -> slots (B, K, D)."""
+    """Official ``SlotAttention``. inputs (B, N, C) -> slots (B, K, D)."""
 
     def __init__(self, num_iterations: int, num_slots: int, slot_size: int = 64, mlp_hidden_size: int = 128,
                  epsilon: float = 1e-8) -> None:
@@ -70,7 +70,7 @@ class SlotAttention(L.Layer):
 
 
 def build_grid(resolution: tuple[int, int]) -> np.ndarray:
-    """(1, H, W, 4) grid [y, x, 1 - y, 1 - x], linspace(0, 1) per axis, 'ij' indexing (SPEC.md section 2a)."""
+    """(1, H, W, 4) grid [y, x, 1 - y, 1 - x], linspace(0, 1) per axis, 'ij' indexing (official ``build_grid``)."""
     ys, xs = (np.linspace(0.0, 1.0, n, dtype=np.float32) for n in resolution)
     grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1)[None]  # (1, H, W, 2)
     return np.concatenate([grid, 1.0 - grid], axis=-1)
@@ -101,7 +101,7 @@ def _encode(model, image):
 
 
 class SlotAttentionAutoEncoder(L.Layer):
-    """Object discovery, SPEC.md section 2a. image (B, H, W, 3) -> dict recon, recons, masks, slots.
+    """Object discovery, official ``SlotAttentionAutoEncoder``. image (B, H, W, 3) -> dict recon, recons, masks, slots.
 
     ``decoder="broadcast"`` (not in the official code; for the speed benchmark of the Multi-dSprites / Tetrominoes
     models) broadcasts at full resolution: ``decoder_layers`` 5x5 convs with ReLU, then a 3x3 conv to 4 channels.
@@ -146,7 +146,8 @@ class SlotAttentionAutoEncoder(L.Layer):
 
 
 class SlotAttentionClassifier(L.Layer):
-    """Set prediction, SPEC.md section 3. image (B, 128, 128, 3) -> predictions (B, K, 19) in [0, 1]."""
+    """Set prediction, official ``SlotAttentionClassifier``. image (B, 128, 128, 3) -> predictions (B, K, 19)
+    in [0, 1]."""
 
     def __init__(self, resolution: tuple[int, int], num_slots: int, num_iterations: int, channels: int = 64,
                  slot_size: int = 64, mlp_hidden_size: int = 128, num_targets: int = 19):

@@ -4,7 +4,8 @@ The official training saves ``tf.train.Checkpoint(network=model, optimizer=..., 
 is a functional Keras model around one ``SlotAttentionAutoEncoder`` (object discovery) or
 ``SlotAttentionClassifier`` (set prediction) layer, so a variable is named by its object-graph path, e.g.
 ``network/layer_with_weights-0/slot_attention/gru/kernel/.ATTRIBUTES/VARIABLE_VALUE``. This module finds that
-wrapping prefix, maps every official variable to a slotlab parameter and converts its layout (SPEC.md section 8):
+wrapping prefix, maps every official variable to a slotlab parameter and converts its layout
+(docs/reference.md, "Porting pitfalls"):
 
 - Dense kernels (in, out) -> Linear weights (out, in): transpose;
 - Conv2D kernels (h, w, in, out) -> Conv2d (out, in, h, w); Conv2DTranspose kernels (h, w, out, in) ->
@@ -137,7 +138,7 @@ def _norm(ours: str, theirs: str) -> list[tuple[str, str, str]]:
 
 
 def slot_attention_mapping(ours: str = "slot_attention", theirs: str = "slot_attention") -> list[tuple[str, str, str]]:
-    """(slotlab key, official variable, transform) for the Slot Attention module (SPEC.md section 1)."""
+    """(slotlab key, official variable, transform) for the Slot Attention module (official ``SlotAttention``)."""
     rows = [(f"{ours}.slots_mu", f"{theirs}/slots_mu", "copy"),
             (f"{ours}.slots_log_sigma", f"{theirs}/slots_log_sigma", "copy"),
             (f"{ours}.gru.weight_ih", f"{theirs}/gru/kernel", "gru_kernel"),

@@ -1,4 +1,4 @@
-"""Exact fast paths of the autoencoder's convolutional parts, and one switch for every fast path (issue 5).
+"""Exact fast paths of the autoencoder's convolutional parts, and one switch for every fast path.
 
 - :func:`broadcast_gather`: the fast decoder stem's last step, written straight into channels-last (NHWC) memory,
   with a backward that is one small GEMM instead of a scatter-add over every pixel.
