@@ -109,6 +109,7 @@ def test_only_tasks_py_branches_on_the_task():
     """No module but tasks.py tests the task's name or a task-specific result key."""
     pattern = re.compile(r"\b(model|cfg|m)\.(task|kind)\s*[!=]="  # cfg.model.task == "..."
                          r"|(task|\))\.name\s*[!=]="  # task.name == "...", get_task(cfg).name == "..."
+                         r"|\btask\s*[!=]=\s*[\"']"  # task == "discovery"
                          r"|[\"'](ap_inf|fg_ari)[\"']\s+in\s")  # "ap_inf" in result
     found = [f"{path.relative_to(SRC)}:{n}" for path in SRC.rglob("*.py") if path.name != "tasks.py"
              for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]

@@ -232,3 +232,24 @@ def test_set_prediction_parity(tmp_path):
         out = model(torch.from_numpy(image).permute(0, 3, 1, 2), slots=_initial_slots(model.slot_attention, noise))
     assert _max_diff(expected["slots"], out["slots"]) <= TOL
     assert _max_diff(expected["predictions"], out["pred"]) <= TOL
+
+
+def test_set_prediction_round_trip_without_tensorflow():
+    """The set predictor's variables (a fake official checkpoint) convert back to the same weights and sizes, and
+    the task is detected from the classifier's variables."""
+    from slotlab.experiments import clevr_set
+    from slotlab.nn.models import SetPredictor
+
+    m = clevr_set().model
+    m.encoder_channels, m.encoder_mlp_dim, m.slot_dim, m.mlp_hidden_dim, m.head_hidden_dim = 8, 8, 12, 16, 20
+    torch.manual_seed(0)
+    model = SetPredictor(m)
+    variables = _official_variables(model, model_mapping("set", 4, 0))
+    converted, cfg = convert(variables)
+    assert cfg.model.task == "set_prediction" and cfg.model.head_hidden_dim == 20 and cfg.model.num_slots == 10
+    assert cfg.model.encoder_strides == [1, 2, 2, 1]
+    for name, value in model.state_dict().items():
+        assert torch.equal(converted.state_dict()[name], value), name
+    three_convs = {k: v for k, v in variables.items() if "encoder_cnn/layer_with_weights-3" not in k}
+    with pytest.raises(CheckpointMismatchError, match="encoder_cnn has 3 convolutions"):
+        convert(three_convs)

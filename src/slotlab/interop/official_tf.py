@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 from slotlab.checkpoint import save_checkpoint
-from slotlab.config import ExperimentConfig
+from slotlab.config import ExperimentConfig, ModelConfig
 from slotlab.experiments import get_experiment
 from slotlab.tasks import build_model
 
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 ANCHOR = "slot_attention/slots_mu"  # a variable every official checkpoint has; its path gives the wrapping prefix
-TASKS = {"discovery": "clevr6", "set": "clevr_set"}  # task -> the slotlab preset the converted run starts from
 
 
 class CheckpointMismatchError(ValueError):
@@ -96,11 +97,10 @@ def network_variables(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def detect_task(net: dict[str, np.ndarray]) -> str:
-    """"discovery" when the checkpoint has a decoder, "set" when it has the property classifier."""
-    if any(n.startswith("decoder_cnn/") for n in net):
-        return "discovery"
-    if any(n.startswith("mlp_classifier/") for n in net):
-        return "set"
+    """"discovery" when the checkpoint has a decoder, "set" when it has the property classifier (its head)."""
+    for task, official in OFFICIAL.items():
+        if any(n.startswith(official.head + "/") for n in net):
+            return task
     raise CheckpointMismatchError("the checkpoint has neither 'decoder_cnn' (object discovery) nor "
                                   "'mlp_classifier' (set prediction) variables; pass --task to name the model")
 
@@ -160,16 +160,22 @@ def model_mapping(task: str, num_encoder_convs: int, num_decoder_convs: int) -> 
         rows += _conv(f"encoder.cnn.{2 * i}", f"encoder_cnn/layer_with_weights-{i}")
     rows += _dense("encoder.pos.proj", "encoder_pos/dense") + _norm("encoder.norm", "layer_norm")
     rows += _dense("encoder.mlp.0", "mlp/layer_with_weights-0") + _dense("encoder.mlp.2", "mlp/layer_with_weights-1")
-    rows += slot_attention_mapping()
-    if task == "discovery":
-        rows += _dense("decoder.pos.proj", "decoder_pos/dense")
-        names = [f"decoder.ups.{i}" for i in range(num_decoder_convs - 2)] + ["decoder.conv5", "decoder.out"]
-        for i, ours in enumerate(names):
-            rows += _conv(ours, f"decoder_cnn/layer_with_weights-{i}", "conv_transpose")
-    else:
-        rows += _dense("head.0", "mlp_classifier/layer_with_weights-0")
-        rows += _dense("head.2", "mlp_classifier/layer_with_weights-1")
+    return rows + slot_attention_mapping() + OFFICIAL[task].head_rows(num_decoder_convs)
+
+
+def _decoder_rows(num_decoder_convs: int) -> list[tuple[str, str, str]]:
+    """The official decoder: its position embedding and transposed convs (upsamplings, then two of stride 1)."""
+    rows = _dense("decoder.pos.proj", "decoder_pos/dense")
+    names = [f"decoder.ups.{i}" for i in range(num_decoder_convs - 2)] + ["decoder.conv5", "decoder.out"]
+    for i, ours in enumerate(names):
+        rows += _conv(ours, f"decoder_cnn/layer_with_weights-{i}", "conv_transpose")
     return rows
+
+
+def _classifier_rows(num_decoder_convs: int) -> list[tuple[str, str, str]]:
+    """The official property classifier: two dense layers (``num_decoder_convs`` is 0 and unused)."""
+    return _dense("head.0", "mlp_classifier/layer_with_weights-0") + \
+        _dense("head.2", "mlp_classifier/layer_with_weights-1")
 
 
 def _count(net: dict[str, np.ndarray], stack: str) -> int:
@@ -188,33 +194,56 @@ def _shape(net: dict[str, np.ndarray], name: str) -> tuple[int, ...]:
 def build_config(task: str, net: dict[str, np.ndarray], num_slots: int | None = None,
                  resolution: int = 128) -> ExperimentConfig:
     """The slotlab preset of ``task`` with the sizes read from the checkpoint's variable shapes."""
+    official = OFFICIAL[task]
     try:
-        cfg = get_experiment(TASKS[task])
+        cfg = get_experiment(official.preset)
     except KeyError as err:
-        raise ValueError(f"this slotlab has no '{TASKS[task]}' preset for task {task!r}") from err
+        raise ValueError(f"this slotlab has no '{official.preset}' preset for task {task!r}") from err
     m = cfg.model
     kernel = _shape(net, "encoder_cnn/layer_with_weights-0/kernel")  # (h, w, 3, C)
     m.encoder_kernel, m.encoder_channels = kernel[0], kernel[3]
-    convs = _count(net, "encoder_cnn")
-    if task == "discovery":
-        m.encoder_strides = [1] * convs
-    elif convs != len(m.encoder_strides):
-        raise CheckpointMismatchError(f"encoder_cnn has {convs} convolutions; the official set-prediction "
-                                      f"encoder has {len(m.encoder_strides)} (strides {m.encoder_strides})")
     m.encoder_mlp_dim = _shape(net, "mlp/layer_with_weights-0/kernel")[1]
     m.slot_dim = _shape(net, "slot_attention/slots_mu")[-1]
     m.mlp_hidden_dim = _shape(net, "slot_attention/mlp/layer_with_weights-0/kernel")[1]
     m.resolution = resolution
     m.num_slots = num_slots or m.num_slots
-    if task == "discovery":
-        m.decoder_channels = _shape(net, "decoder_cnn/layer_with_weights-0/kernel")[2]  # (h, w, out, in)
-        upsamplings = _count(net, "decoder_cnn") - 2  # the last two transposed convs have stride 1
-        if upsamplings < 0 or resolution % 2**upsamplings:
-            raise CheckpointMismatchError(f"decoder_cnn has {upsamplings + 2} layers: cannot decode to {resolution} px")
-        m.broadcast_size = resolution // 2**upsamplings
-    else:
-        m.head_hidden_dim = _shape(net, "mlp_classifier/layer_with_weights-0/kernel")[1]
+    official.read_sizes(m, net, resolution)
     return cfg
+
+
+def _decoder_sizes(m: ModelConfig, net: dict[str, np.ndarray], resolution: int) -> None:
+    """Object discovery: stride-1 encoder convs, the decoder's width and broadcast grid."""
+    m.encoder_strides = [1] * _count(net, "encoder_cnn")
+    m.decoder_channels = _shape(net, "decoder_cnn/layer_with_weights-0/kernel")[2]  # (h, w, out, in)
+    upsamplings = _count(net, "decoder_cnn") - 2  # the last two transposed convs have stride 1
+    if upsamplings < 0 or resolution % 2**upsamplings:
+        raise CheckpointMismatchError(f"decoder_cnn has {upsamplings + 2} layers: cannot decode to {resolution} px")
+    m.broadcast_size = resolution // 2**upsamplings
+
+
+def _classifier_sizes(m: ModelConfig, net: dict[str, np.ndarray], resolution: int) -> None:
+    """Set prediction: the preset's strided encoder (checked against the checkpoint) and the head's width."""
+    convs = _count(net, "encoder_cnn")
+    if convs != len(m.encoder_strides):
+        raise CheckpointMismatchError(f"encoder_cnn has {convs} convolutions; the official set-prediction "
+                                      f"encoder has {len(m.encoder_strides)} (strides {m.encoder_strides})")
+    m.head_hidden_dim = _shape(net, "mlp_classifier/layer_with_weights-0/kernel")[1]
+
+
+@dataclass(frozen=True)
+class OfficialModel:
+    """One of the two official models, as the converter needs it."""
+
+    preset: str  # the slotlab preset a converted run starts from (its sizes then read from the checkpoint)
+    head: str  # the variable scope of its part after Slot Attention (which also tells the two apart)
+    head_rows: Callable[[int], list[tuple[str, str, str]]]  # number of decoder convs -> mapping rows of the head
+    read_sizes: Callable[[ModelConfig, dict, int], None]  # (model config, variables, resolution): its own sizes
+
+
+OFFICIAL = {  # --task name -> the official model
+    "discovery": OfficialModel("clevr6", "decoder_cnn", _decoder_rows, _decoder_sizes),
+    "set": OfficialModel("clevr_set", "mlp_classifier", _classifier_rows, _classifier_sizes),
+}
 
 
 def convert_weights(net: dict[str, np.ndarray], rows: list[tuple[str, str, str]], model: nn.Module,
@@ -254,8 +283,8 @@ def convert(variables: dict[str, np.ndarray], task: str | None = None, num_slots
     """Checkpoint variables ({object-graph name: array}) -> (slotlab model with the weights, its config)."""
     net = network_variables(variables)
     found = detect_task(net) if task is None else task
-    if found not in TASKS:
-        raise ValueError(f"task must be one of {sorted(TASKS)}, got {found!r}")
+    if found not in OFFICIAL:
+        raise ValueError(f"task must be one of {sorted(OFFICIAL)}, got {found!r}")
     cfg = build_config(found, net, num_slots, resolution)
     model = build_model(cfg.model)
     state = model.state_dict()
