@@ -51,7 +51,7 @@ def save_scene_figure(model: nn.Module, scenes: SceneSet, out: Path, num_scenes:
     batch = scenes.batch(slice(0, n))
     out_ = _run(model, batch["image"], seed)
     K = out_["masks"].shape[1]
-    cols = K + 4
+    cols = K + 3 + ("masks" in batch)  # no "true" column for images without masks
     fig, axes = plt.subplots(n, cols, figsize=(1.4 * cols, 1.4 * n + 0.3), squeeze=False)
     for i in range(n):
         panels = [("input", _rgb(batch["image"][i])), ("recon", _rgb(out_["recon"][i]))]
@@ -61,7 +61,8 @@ def save_scene_figure(model: nn.Module, scenes: SceneSet, out: Path, num_scenes:
             shown = _rgb(out_["recons"][i, k]) * mask.permute(1, 2, 0) + (1 - mask.permute(1, 2, 0))
             panels.append((f"slot {k + 1}", shown))
         panels.append(("predicted", _segmentation(out_["masks"][i, :, 0])))
-        panels.append(("true", _segmentation(batch["masks"][i])))
+        if "masks" in batch:
+            panels.append(("true", _segmentation(batch["masks"][i])))
         for j, (title, img) in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(img.numpy(), interpolation="nearest")
