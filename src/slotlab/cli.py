@@ -286,8 +286,8 @@ def _dispatch(args) -> int:
 
 def _segment_or_export(args) -> int:
     from slotlab import runs
+    from slotlab.api import load
     from slotlab.distributed import resolve_device
-    from slotlab.load import load
 
     model = load(_model_dir(args)).to(resolve_device(args.device, f"{args.command} --device"))
     model.source = args.model or str(args.workdir)

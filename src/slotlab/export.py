@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from slotlab.load import LoadedModel
+from slotlab.api import LoadedModel
 
 
 def export_slots(model: LoadedModel, scenes, spec: str, out: str | Path, *, batch_size: int = 64,

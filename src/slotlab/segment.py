@@ -27,9 +27,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from slotlab.api import LoadedModel, masks_at_input_size
 from slotlab.data.folder import MASKS_DIR
 from slotlab.data.imageio import UNSEEN, ImageReadError, image_extensions, read_rgb
-from slotlab.load import LoadedModel, masks_at_input_size
 
 log = logging.getLogger(__name__)
 

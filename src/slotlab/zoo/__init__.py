@@ -67,7 +67,7 @@ def best_checkpoint(run_dir: str | Path) -> Path:
 def add_entry(run_dir: str | Path, name: str, root: str | Path | None = None, overwrite: bool = False) -> Path:
     """Make the zoo entry ``name`` from the run's best checkpoint (else its last): its weights without optimizer
     state, and its config. The card is written separately. Returns the entry's directory."""
-    from slotlab.load import build_checked
+    from slotlab.api import build_checked
 
     if not _NAME.match(name):
         raise ValueError(f"zoo name {name!r}: expected lower-case letters, digits, '_', '-' or '.'")
