@@ -41,9 +41,12 @@ def seeded_initial_slots(sa: SlotAttention, seeds: list[int], num_slots: int | N
 def seeded_forward(model: nn.Module, images: Tensor, seed: int, num_slots: int | None = None,
                    num_iters: int | None = None) -> dict[str, Tensor]:
     """``model(images)`` with each image's initial-slot noise seeded by :func:`image_seeds` (a batched forward for
-    Slot Attention; one image at a time under its seed for other slot modules, e.g. the invariant one)."""
-    seeds = image_seeds(images, seed)
+    Slot Attention; one image at a time under its seed for other slot modules, e.g. the invariant one; one plain
+    call for a model without ``slot_attention``)."""
     sa = getattr(model, "slot_attention", None)
+    if sa is None:  # no slots to seed (e.g. a stand-in model in tests): one batched call
+        return model(images, num_slots=num_slots, num_iters=num_iters)
+    seeds = image_seeds(images, seed)
     if isinstance(sa, SlotAttention):
         slots = seeded_initial_slots(sa, seeds, num_slots)
         return model(images, num_slots=num_slots, num_iters=num_iters, slots=slots)

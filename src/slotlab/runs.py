@@ -139,8 +139,8 @@ def eval_run(workdir: Path, data: str = "test", checkpoint: str = "best", num_sl
              num_iters: int | None = None, batch_size: int = 64, limit: int | None = None,
              device: str = "cpu") -> dict:
     """``slotlab eval``: metrics of the run's model on ``data``, its forward on ``device`` ("cpu", "cuda", "auto":
-    the metrics are computed on the CPU either way; the initial-slot noise comes from that device's generator, so
-    the numbers differ slightly between devices, by the random draw only)."""
+    the metrics are computed on the CPU either way; each scene's initial-slot noise is seeded from its pixels on
+    the CPU, slotlab.noise, so devices differ only by their arithmetic)."""
     from slotlab.distributed import resolve_device
 
     model, cfg = load_model(workdir, checkpoint)
