@@ -98,8 +98,8 @@ def _write_outputs(out: Path, job: Job, rgb: np.ndarray, result: dict, index: in
     labels = labels.numpy()
     base = out / job.key
     base.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(labels, mode="L").save(base.with_name(base.name + ".png"))
-    Image.fromarray(overlay(rgb, labels)).save(base.with_name(base.name + "_overlay.png"))
+    Image.fromarray(labels, mode="L").save(base.with_name(base.name + ".png"), compress_level=1)
+    Image.fromarray(overlay(rgb, labels)).save(base.with_name(base.name + "_overlay.png"), compress_level=1)
     np.savez(base.with_name(base.name + ".npz"), slots=result["slots"][index].numpy(),
              masks=result["masks"][index].numpy(), attn=result["attn"][index].numpy())
     return {"input": str(job.path), "label_map": f"{job.key}.png", "overlay": f"{job.key}_overlay.png",
