@@ -35,7 +35,7 @@ def cpu_name() -> str:
 def _model(args):
     from slotlab.api import LoadedModel, load
     from slotlab.experiments import get_experiment
-    from slotlab.nn.models import build_model
+    from slotlab.tasks import build_model
 
     if args.model or args.workdir:
         return load(args.model or args.workdir)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from slotlab.experiments import get_experiment
-from slotlab.nn.models import build_model
 from slotlab.noise import image_seeds, seeded_forward
+from slotlab.tasks import build_model
 
 
 @pytest.mark.parametrize("attention", ["slot", "invariant"])

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from slotlab.config import ExperimentConfig
 from slotlab.data.imageio import UNSEEN, Fit, fit_image, to_rgb, unfit_masks
-from slotlab.nn.models import SlotAttentionAutoEncoder, build_model
+from slotlab.nn.models import SlotAttentionAutoEncoder
 from slotlab.noise import seeded_forward
 
 
@@ -39,6 +39,8 @@ def build_checked(cfg: ExperimentConfig, weights: str | Path) -> nn.Module:
         tensors = {k[len("model."):]: v for k, v in load_file(str(weights)).items() if k.startswith("model.")}
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{weights}: corrupt or not a slotlab weights file: {err}") from err
+    from slotlab.tasks import build_model
+
     model = build_model(cfg.model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
