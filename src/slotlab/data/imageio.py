@@ -52,7 +52,7 @@ def _open(path: Path, what: str) -> Image.Image:
         image = Image.open(path)
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageReadError(f"{path}: cannot read {what}: {err}") from None
+        raise ImageReadError(f"{path}: cannot read ({err}); expected {what}") from None
     return image
 
 
@@ -83,7 +83,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """The image at ``path`` as uint8 (H, W, 3) RGB, upright by its EXIF tag; ImageReadError naming the file."""
     path = Path(path)
-    image = _open(path, "an image Pillow can read (PNG, JPEG, ...)")
+    image = _open(path, "an image file (PNG, JPEG, ... anything Pillow reads)")
     try:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
