@@ -144,3 +144,25 @@ def test_segment_refuses_conflicts_and_skips_unreadable(tmp_path, capsys):
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert [o["label_map"] for o in index["outputs"]] == ["a.png"] and len(index["skipped"]) == 3
     assert main(["segment", "--workdir", str(run), str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_background_layer_is_label_zero():
+    from slotlab.api import LoadedModel
+    from slotlab.experiments import get_experiment
+    from slotlab.tasks import build_model
+
+    cfg = get_experiment("tiny")
+    cfg.model.background, cfg.model.mask_source = "uniform", "decoder"
+    torch.manual_seed(0)
+    model = LoadedModel(build_model(cfg.model).eval(), cfg, "tiny+background")
+    images = np.random.default_rng(0).integers(0, 255, (2, 35, 35, 3), dtype=np.uint8)
+    out = model.segment(images)
+    assert out["model_masks"].shape == (2, 5, 35, 35) and out["masks"].shape == (2, 5, 35, 35)
+    with torch.no_grad():
+        raw = seeded_forward(model.model, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1,
+                             cfg.train.seed)["masks"][:, :, 0]  # (B, K + 1, H, W), background last
+    assert torch.allclose(out["model_masks"][:, 0], raw[:, -1], atol=1e-6)
+    top2 = raw.topk(2, dim=1).values  # untrained: exact ties, broken in favour of the background; compare elsewhere
+    clear = top2[:, 0] > top2[:, 1] + 1e-6
+    assert clear.float().mean() > 0.5
+    assert (out["labels"].long() == (raw.argmax(1) + 1) % 5)[clear].all()  # background -> 0, slot k -> k + 1
