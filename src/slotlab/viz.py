@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from slotlab.data import SceneSet  # noqa: E402
+from slotlab.noise import seeded_forward  # noqa: E402
 
 PALETTE = torch.tensor([
     [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
@@ -39,10 +40,11 @@ def _segmentation(masks: Tensor) -> Tensor:
 
 @torch.no_grad()
 def _run(model: nn.Module, images: Tensor, seed: int) -> dict[str, Tensor]:
+    """The model's outputs with each image's initial slots seeded as in evaluation (slotlab.noise)."""
     model.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return model(images)
+        return seeded_forward(model, images, seed)
 
 
 def save_scene_figure(model: nn.Module, scenes: SceneSet, out: Path, num_scenes: int = 6, seed: int = 0) -> None:
