@@ -183,3 +183,10 @@ def test_convert_folder_to_cache(tmp_path):
     assert arrays["visibility"][:, 1].tolist() == [1, 0, 1, 0, 1]
     assert (out / "files.txt").read_text().split() == [f"{i}.png" for i in range(5)]
     assert int(arrays["image"][3, 0, 0, 0]) == 120
+
+
+def test_train_folder_without_val_holds_out_its_last_files(tmp_path):
+    for i in range(10):
+        _save(tmp_path / "train" / f"{i}.png", np.zeros((4, 4, 3), np.uint8))
+    splits = folder_training_splits(f"folder:{tmp_path}", 4)
+    assert splits["val"].files == ["train/9.png"] and len(splits["train"]) == 9  # disjoint

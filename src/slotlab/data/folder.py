@@ -51,20 +51,22 @@ def list_images(directory: str | Path, root: str | Path | None = None) -> list[s
         raise FileNotFoundError(f"{directory}: {kind}; expected a folder of images")
     extensions = image_extensions()
     masks = (root / MASKS_DIR).resolve()
-    images, others = [], []
+    images: list[str] = []  # relative POSIX paths as plain strings: a million of them cost ~100 MB
+    others: list[str] = []
     for parent, dirs, files in os.walk(directory):
         dirs[:] = [d for d in dirs if not d.startswith(".") and (Path(parent) / d).resolve() != masks]
+        rel_parent = Path(os.path.relpath(parent, root)).as_posix()
+        prefix = "" if rel_parent == "." else rel_parent + "/"
         for name in files:
-            if name.startswith("."):
-                continue
-            path = Path(parent) / name
-            (images if path.suffix.lower() in extensions else others).append(path)
+            if not name.startswith("."):
+                (images if os.path.splitext(name)[1].lower() in extensions else others).append(prefix + name)
     if not images and not others:
         raise ValueError(f"{directory}: empty folder; expected image files (PNG, JPEG, ... anything Pillow reads)")
     if not images:
-        raise ValueError(f"{directory}: no image files among its {len(others)} files (e.g. {others[0].name}); "
+        raise ValueError(f"{directory}: no image files among its {len(others)} files (e.g. {others[0]}); "
                          "expected PNG, JPEG, ... (anything Pillow reads)")
-    return sorted(p.relative_to(root).as_posix() for p in images)
+    images.sort()
+    return images
 
 
 def _split_dir(root: Path, split: str) -> Path | None:
@@ -195,19 +197,26 @@ def validation_count(num_files: int) -> int:
     return min(500, max(1, math.ceil(num_files / 10)))
 
 
-def _split_files(root: Path, split: str) -> list[str]:
-    """The files of ``split`` under ``root``: its sub-folder, or the held-out rule for train / val."""
-    folder = _split_dir(root, split)
-    if folder is not None:
+def _split_files(root: Path, split: str, pool: list[str] | None = None) -> list[str]:
+    """The files of ``split`` under ``root``: its sub-folder; or, when there is no ``val/``, the held-out rule for
+    train / val, applied to ``pool`` when given (one listing for both)."""
+    if split == "test" or _split_dir(root, "val") is not None:
+        folder = _split_dir(root, split)
+        if folder is None:
+            hint = f"use folder:{root} to score every image" if split == "test" else "add it, or remove val/"
+            raise ValueError(f"{root}: no {split}/ sub-folder; {hint}")
         return list_images(folder, root)
-    if split == "test":
-        raise ValueError(f"{root}: no test/ sub-folder; use folder:{root} to score every image")
-    train_dir = _split_dir(root, "train")
-    files = list_images(train_dir, root) if train_dir is not None else list_images(root)
+    files = pool if pool is not None else _held_out_pool(root)
     if len(files) < 2:
         raise ValueError(f"{root}: {len(files)} image(s); training needs at least 2 (one is held out for validation)")
     n_val = validation_count(len(files))
     return files[:-n_val] if split == "train" else files[-n_val:]
+
+
+def _held_out_pool(root: Path) -> list[str]:
+    """The files the held-out rule splits: those of ``train/`` if there is one, else everything under root."""
+    train_dir = _split_dir(root, "train")
+    return list_images(train_dir, root) if train_dir is not None else list_images(root)
 
 
 def folder_scenes(spec: str, resolution: int, resize: str = "crop") -> FolderScenes:
@@ -225,16 +234,20 @@ def folder_training_splits(spec: str, resolution: int, resize: str = "crop",
                            val_spec: str | None = None) -> dict[str, FolderScenes]:
     """``train`` and ``val`` of ``slotlab train --data folder:DIR`` (``val``: ``val_spec`` when given)."""
     root, split, start, stop = parse_folder_spec(spec)
-    if (start or stop is not None) and val_spec is None:
+    ranged = bool(start or stop is not None)
+    if ranged and val_spec is None:
         raise ValueError(f"--data {spec}: with a range, give the validation images too (--val-data folder:DIR@A:B)")
-    if split or start or stop is not None:
+    pool = None
+    if split or ranged:
         train = folder_scenes(spec, resolution, resize)
     else:
-        train = FolderScenes(root, _split_files(root, "train"), resolution, resize, name=f"{spec}@train")
+        if _split_dir(root, "val") is None:  # the held-out rule: one listing for train and val
+            pool = _held_out_pool(root)
+        train = FolderScenes(root, _split_files(root, "train", pool), resolution, resize, name=f"{spec}@train")
     if val_spec is not None:
         from slotlab.data.specs import load_scenes
 
         val = folder_scenes(val_spec, resolution, resize) if val_spec.startswith("folder:") else load_scenes(val_spec)
     else:
-        val = FolderScenes(root, _split_files(root, "val"), resolution, resize, name=f"{spec}@val")
+        val = FolderScenes(root, _split_files(root, "val", pool), resolution, resize, name=f"{spec}@val")
     return {"train": train, "val": val}
