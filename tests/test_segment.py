@@ -61,6 +61,10 @@ def test_folder_train_eval_segment_export(tmp_path, capsys):
     assert result["num_scenes"] == len(sizes)
     assert 0 <= result["mbo"] <= 1 and np.isfinite(result["fg_ari"]) and np.isfinite(result["ari"])
 
+    assert main(["viz", "--workdir", str(run), "--data", f"folder:{data}@val", "--out", str(run / "scenes.png")]) == 0
+    assert main(["report", "--workdir", str(run)]) == 0
+    assert "scenes" in (run / "report.html").read_text()
+
     out = tmp_path / "seg"
     capsys.readouterr()
     assert main(["segment", "--workdir", str(run), str(data), "--out", str(out), "--no-progress"]) == 0

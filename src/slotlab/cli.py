@@ -8,6 +8,7 @@
     slotlab segment (--model NAME | --workdir DIR) IMAGE_OR_DIR... --out OUTDIR [--num-slots K] [--num-iters T]
     slotlab export (--model NAME | --workdir DIR) --data SPEC --out FILE.npz
     slotlab zoo list | zoo add RUN_DIR --name NAME
+    slotlab report --workdir DIR
     slotlab demo  [--workdir DIR]
     slotlab experiments
     slotlab bench module [--threads 1 2] [--rounds R] [--shapes clevr6 ... | BxNxDxK ...]
@@ -85,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--num-scenes", type=int, default=6)
     v.add_argument("--checkpoint", default="best", choices=["best", "last"])
     v.add_argument("--data", default="test", help="which scenes: as eval --data (default: the run's test split)")
+
+    r = sub.add_parser("report", help="write WORKDIR/report.html: metrics, curves and the run's pictures")
+    r.add_argument("--workdir", required=True, type=Path)
 
     s = sub.add_parser("segment", help="segment images or folders: label maps, overlays, slots (docs/your_data.md)")
     _model_args(s)
@@ -260,6 +264,11 @@ def _dispatch(args) -> int:
     if args.command == "viz":
         pictures = runs.viz_run(_model_dir(args), args.out, args.num_scenes, args.checkpoint, args.data)
         print("wrote " + ", ".join(str(path) for path in pictures))
+        return 0
+    if args.command == "report":
+        from slotlab.report import write_report
+
+        print(f"wrote {write_report(args.workdir)}")
         return 0
     if args.command in ("segment", "export"):
         return _segment_or_export(args)
