@@ -1,5 +1,7 @@
 """Folders of images as data: RGB conversion, fitting to the model, listing, splits, masks, errors, convert."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -190,3 +192,22 @@ def test_train_folder_without_val_holds_out_its_last_files(tmp_path):
         _save(tmp_path / "train" / f"{i}.png", np.zeros((4, 4, 3), np.uint8))
     splits = folder_training_splits(f"folder:{tmp_path}", 4)
     assert splits["val"].files == ["train/9.png"] and len(splits["train"]) == 9  # disjoint
+
+
+_REAL_CLEVR = next((p for p in (Path(__file__).resolve().parents[2] / "shared/data/real/clevr_with_masks_png",
+                                Path(__file__).resolve().parents[3] / "shared/data/real/clevr_with_masks_png")
+                    if p.is_dir()), None)
+
+
+@pytest.mark.skipif(_REAL_CLEVR is None, reason="the real CLEVR-with-masks samples are not beside the repository")
+def test_real_clevr_with_masks_samples():
+    """X_image_I.png beside X_mask_I_J.png (0 / 255, J = 0 the background, unused slots all zero), images BGR."""
+    scenes = folder_scenes(f"folder:{_REAL_CLEVR}", 128, "stretch")
+    assert scenes.files == ["CLEVR_image_0.png", "CLEVR_image_1.png"]  # the masks are not listed as images
+    assert scenes.mask_layout == "objects" and scenes.bgr
+    labels = scenes.read_labels(scenes.files[0])
+    assert labels.shape == (240, 320) and labels.max() >= 3
+    raw = np.asarray(Image.open(_REAL_CLEVR / "CLEVR_image_0.png").convert("RGB"))
+    assert (scenes.read(0)["image"] == fit_image(raw[:, :, ::-1].copy(), 128, "stretch")[0]).all()
+    batch = scenes.batch(slice(0, 2))
+    assert batch["masks"].shape[:2] == (2, 9) and (batch["masks"].sum(1) == 1).all()

@@ -9,8 +9,9 @@
 - Masks (optional; for FG-ARI / ARI / mBO): for the image ``DIR/REL/STEM.EXT`` either ``DIR/masks/REL/STEM.png``, a
   single-channel 8-bit PNG of the image's size with 0 = background and 1..n the objects, or the per-object layout
   of CLEVR-with-masks exports, ``DIR/masks/REL/STEM_J.png`` (J = 0 the background, 1.. the objects; 0 / 255;
-  a leading ``images/`` of REL may be left out). The CLEVR exports write their images with OpenCV, so the images
-  of a folder with per-object masks are read as BGR.
+  a leading ``images/`` of REL may be left out), or ``X_mask_I_J.png`` beside ``X_image_I.png`` (then not listed
+  as images). The CLEVR exports write their images with OpenCV, so the images of a folder with per-object masks
+  are read as BGR.
 - Streaming: a split holds only the list of file names; images are decoded when a batch is asked for.
 """
 
@@ -65,8 +66,23 @@ def list_images(directory: str | Path, root: str | Path | None = None) -> list[s
     if not images:
         raise ValueError(f"{directory}: no image files among its {len(others)} files (e.g. {others[0]}); "
                          "expected PNG, JPEG, ... (anything Pillow reads)")
+    images = _drop_object_masks(images)
     images.sort()
     return images
+
+
+_OBJECT_MASK = re.compile(r"^(?P<prefix>.*)_mask_(?P<index>\d+)_\d+\.png$", re.IGNORECASE)
+
+
+def _drop_object_masks(files: list[str]) -> list[str]:
+    """Leave out the per-object masks kept beside their images (``X_mask_I_J.png`` next to ``X_image_I.EXT``)."""
+    stems = {f.rsplit(".", 1)[0] for f in files}
+    kept = []
+    for f in files:
+        match = _OBJECT_MASK.match(f)
+        if not (match and f"{match['prefix']}_image_{match['index']}" in stems):
+            kept.append(f)
+    return kept
 
 
 def _split_dir(root: Path, split: str) -> Path | None:
@@ -109,40 +125,44 @@ class FolderScenes:
         return self.mask_layout is not None
 
     def _mask_candidates(self, rel: str) -> tuple[Path, list[Path]]:
-        """(the label-map PNG, the folders that may hold per-object PNGs) of the image ``rel``."""
+        """(the label-map PNG, the path prefixes P of per-object PNGs P_0.png, P_1.png, ...) of the image ``rel``:
+        ``masks/REL/STEM`` (also without a leading ``images/``) and, for ``X_image_I``, ``X_mask_I`` beside it."""
         rel_path = Path(rel)
+        stem = rel_path.stem
         base = self.root / MASKS_DIR / rel_path.parent
-        dirs = [base]
+        prefixes = [base / stem]
         if rel_path.parts[0] == "images" and len(rel_path.parts) > 1:
-            dirs.append(self.root / MASKS_DIR / Path(*rel_path.parts[1:]).parent)
-        return base / f"{rel_path.stem}.png", dirs
+            prefixes.append(self.root / MASKS_DIR / Path(*rel_path.parts[1:]).parent / stem)
+        if "_image_" in stem:  # CLEVR-with-masks samples: X_image_I.png beside X_mask_I_J.png
+            head, _, index = stem.rpartition("_image_")
+            prefixes += [p.with_name(f"{head}_mask_{index}") for p in (*prefixes, self.root / rel_path)]
+        return base / f"{stem}.png", prefixes
 
     def _mask_layout(self, rel: str) -> str | None:
-        labels, dirs = self._mask_candidates(rel)
+        labels, prefixes = self._mask_candidates(rel)
         if labels.exists():
             return "labels"
-        if any((d / f"{Path(rel).stem}_0.png").is_file() for d in dirs):
+        if any(p.with_name(p.name + "_0.png").is_file() for p in prefixes):
             return "objects"
         return None
 
     def read_labels(self, rel: str) -> np.ndarray:
         """The ground-truth label map uint8 (H, W) of the image ``rel`` at its own size."""
-        labels, dirs = self._mask_candidates(rel)
+        labels, prefixes = self._mask_candidates(rel)
         if self.mask_layout == "labels":
             if not labels.exists():
                 raise ImageReadError(f"{labels}: mask not found for {self.root / rel}; this folder has masks, "
                                      "so every image needs one (masks/REL/STEM.png)")
             return read_label_png(labels)
-        stem = Path(rel).stem
-        folder = next((d for d in dirs if (d / f"{stem}_0.png").is_file()), None)
-        if folder is None:
-            raise ImageReadError(f"{dirs[0] / (stem + '_0.png')}: per-object masks not found for {self.root / rel}")
+        prefix = next((p for p in prefixes if p.with_name(p.name + "_0.png").is_file()), None)
+        if prefix is None:
+            raise ImageReadError(f"{prefixes[0]}_0.png: per-object masks not found for {self.root / rel}")
         out, j = None, 0
-        while (path := folder / f"{stem}_{j}.png").exists():
+        while (path := prefix.with_name(f"{prefix.name}_{j}.png")).exists():
             mask = read_label_png(path)
             out = np.zeros(mask.shape, np.uint8) if out is None else out
             if mask.shape != out.shape:
-                raise ImageReadError(f"{path}: mask is {mask.shape[::-1]}, the other masks of {stem} "
+                raise ImageReadError(f"{path}: mask is {mask.shape[::-1]}, the other masks of {rel} "
                                      f"{out.shape[::-1]} (W, H)")
             out[mask > 127] = j
             j += 1
