@@ -1,6 +1,7 @@
 """Your own images end to end: train on a folder, evaluate with masks, segment, export; segment agrees with eval."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +12,13 @@ import slotlab
 from slotlab import metrics
 from slotlab.cli import main
 from slotlab.data import build_splits
+from slotlab.data.specs import load_scenes
 from slotlab.noise import seeded_forward
 from slotlab.runs import eval_run, load_model
 from slotlab.segment import plan
+
+_REAL = "shared/data/real/tetrominoes_mini.tfrecords"
+REAL_TETROMINOES = next((p for p in (Path(__file__).resolve().parents[i] / _REAL for i in (1, 2)) if p.is_file()), None)
 
 
 def _scene_folder(root, n=12, seed=3):
@@ -116,6 +121,20 @@ def test_segment_matches_eval_on_generated_scenes(tmp_path):
     predicted = torch.nn.functional.one_hot(labels, cfg.model.num_slots).permute(0, 3, 1, 2).float()
     fg_ari = float(metrics.fg_ari(batch["masks"], predicted).nanmean())
     assert abs(fg_ari - eval_run(run, "test", batch_size=7)["fg_ari"]) < 0.01
+
+    if REAL_TETROMINOES is not None:  # DeepMind's own file: segment on its scenes as PNGs == eval on the file
+        spec = f"tetrominoes:{REAL_TETROMINOES}"
+        real = load_scenes(spec)
+        (tmp_path / "real").mkdir()
+        for i in range(len(real)):
+            Image.fromarray(real.images[i].permute(1, 2, 0).numpy()).save(tmp_path / "real" / f"scene_{i:03d}.png")
+        assert main(["segment", "--workdir", str(run), str(tmp_path / "real"), "--out", str(tmp_path / "real_out"),
+                     "--no-progress"]) == 0
+        labels_real = torch.from_numpy(np.stack([np.asarray(Image.open(tmp_path / "real_out" / f"scene_{i:03d}.png"))
+                                                 for i in range(len(real))])).long()
+        one_hot = torch.nn.functional.one_hot(labels_real, cfg.model.num_slots).permute(0, 3, 1, 2).float()
+        seg_fg_ari = float(metrics.fg_ari(real.batch(slice(0, len(real)))["masks"], one_hot).nanmean())
+        assert abs(seg_fg_ari - eval_run(run, spec)["fg_ari"]) < 0.01
 
     api = slotlab.load(run).segment(batch["image"].add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy())
     assert (api["labels"].long() == expected).float().mean() > 0.999  # the Python API gives the same
