@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors import safe_open
 
 import slotlab
@@ -61,6 +62,14 @@ def test_entry_from_run_loads_by_name(tiny_zoo, capsys):
     a, b = (json.loads((root / f).read_text()) for f in ("a.json", "b.json"))
     assert a["fg_ari"] == b["fg_ari"] and a["mse"] == b["mse"]
     assert main(["viz", "--model", "tiny-test", "--out", str(root / "v.png")]) == 0
+    pngs = root / "pngs"
+    pngs.mkdir()
+    Image.fromarray(images[0]).save(pngs / "x.png")
+    assert main(["segment", "--model", "tiny-test", str(pngs), "--out", str(root / "seg"), "--no-progress"]) == 0
+    assert (np.asarray(Image.open(root / "seg" / "x.png")) == by_name["labels"][0].numpy()).all()
+    assert main(["export", "--model", "tiny-test", "--data", "test", "--out", str(root / "e.npz"),
+                 "--no-progress"]) == 0
+    assert json.loads(str(np.load(root / "e.npz")["metadata"]))["model"] == "tiny-test"
 
     with pytest.raises(FileExistsError):
         zoo.add_entry(run, "tiny-test")
