@@ -211,3 +211,16 @@ def test_real_clevr_with_masks_samples():
     assert (scenes.read(0)["image"] == fit_image(raw[:, :, ::-1].copy(), 128, "stretch")[0]).all()
     batch = scenes.batch(slice(0, 2))
     assert batch["masks"].shape[:2] == (2, 9) and (batch["masks"].sum(1) == 1).all()
+
+
+def test_convert_folder_on_the_command_line(tmp_path, capsys):
+    from slotlab.cli import main
+
+    for i in range(3):
+        _save(tmp_path / "src" / f"{i}.jpg", np.full((12, 10, 3), 50 * i, np.uint8))
+    assert main(["data", "convert", f"folder:{tmp_path / 'src'}", "--out", str(tmp_path / "c")]) == 2
+    assert "--resolution" in capsys.readouterr().err
+    assert main(["data", "convert", f"folder:{tmp_path / 'src'}", "--out", str(tmp_path / "c"), "--resolution", "8",
+                 "--resize", "pad", "--no-progress"]) == 0
+    assert load_cache(tmp_path / "c")["image"].shape == (3, 8, 8, 3)
+    assert read_meta(tmp_path / "c")["masks"] is False
