@@ -3,6 +3,7 @@
 The few names most users need::
 
     from slotlab import SetPredictor, SlotAttention, SlotAttentionAutoEncoder, get_experiment, metrics
+    model = slotlab.load("tetrominoes")   # a trained model (zoo name or run directory); model.segment(images)
 """
 
 import os
@@ -17,9 +18,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from slotlab import metrics  # noqa: E402
+from slotlab.api import load  # noqa: E402
 from slotlab.experiments import get_experiment  # noqa: E402
 from slotlab.nn.models import SetPredictor, SlotAttentionAutoEncoder  # noqa: E402
 from slotlab.nn.slot_attention import SlotAttention  # noqa: E402
 
-__all__ = ["SetPredictor", "SlotAttention", "SlotAttentionAutoEncoder", "get_experiment", "metrics"]
+__all__ = ["SetPredictor", "SlotAttention", "SlotAttentionAutoEncoder", "get_experiment", "load", "metrics"]
 __version__ = "0.1.0"

@@ -5,6 +5,10 @@
     slotlab data generate NAME --out DIR --num N --seed S
     slotlab data convert KIND:FILE --out DIR [--start A --stop B]
     slotlab viz   --workdir DIR --out FILE.png
+    slotlab segment (--model NAME | --workdir DIR) IMAGE_OR_DIR... --out OUTDIR [--num-slots K] [--num-iters T]
+    slotlab export (--model NAME | --workdir DIR) --data SPEC --out FILE.npz
+    slotlab zoo list | zoo add RUN_DIR --name NAME
+    slotlab report --workdir DIR
     slotlab demo  [--workdir DIR]
     slotlab experiments
     slotlab bench module [--threads 1 2] [--rounds R] [--shapes clevr6 ... | BxNxDxK ...]
@@ -46,10 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="validation data (default: the data.val_size scenes after the training range)")
 
     e = sub.add_parser("eval", help="evaluate a trained run: FG-ARI, ARI, mBO, MSE (set prediction: AP table)")
-    e.add_argument("--workdir", required=True, type=Path)
+    _model_args(e)
     e.add_argument("--data", default="test",
-                   help="test or val (the run's built-in splits), cache:DIR, or KIND:FILE[@A:B|@test|@test320] "
-                        "(e.g. tetrominoes:FILE@test; docs/datasets.md)")
+                   help="test or val (the run's built-in splits), cache:DIR, KIND:FILE[@A:B|@test|@test320] "
+                        "(e.g. tetrominoes:FILE@test; docs/datasets.md) or folder:DIR (docs/your_data.md)")
     e.add_argument("--checkpoint", default="best", choices=["best", "last"])
     e.add_argument("--num-iters", type=int, default=None, help="Slot Attention iterations at test time")
     e.add_argument("--num-slots", type=int, default=None, help="number of slots at test time")
@@ -67,18 +71,53 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--start", type=int, default=0)
     c = dsub.add_parser("convert", help="convert a TFRecord range to a fast local cache directory")
-    c.add_argument("spec", help="KIND:FILE[@A:B], e.g. tetrominoes:tetrominoes_train.tfrecords@train")
+    c.add_argument("spec", help="KIND:FILE[@A:B], e.g. tetrominoes:tetrominoes_train.tfrecords@train, or "
+                                "folder:DIR[@split] (then --resolution)")
     c.add_argument("--out", required=True, type=Path)
     c.add_argument("--start", type=int, default=None, help="first record (default: the spec's range, else 0)")
     c.add_argument("--stop", type=int, default=None, help="one past the last record (default: the end)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--resolution", type=int, default=None, help="folder:DIR: the side of the square images")
+    c.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"], help="folder:DIR: fitting rule")
 
     v = sub.add_parser("viz", help="draw inputs, reconstructions, per-slot masks and attention")
-    v.add_argument("--workdir", required=True, type=Path)
+    _model_args(v)
     v.add_argument("--out", required=True, type=Path)
     v.add_argument("--num-scenes", type=int, default=6)
     v.add_argument("--checkpoint", default="best", choices=["best", "last"])
     v.add_argument("--data", default="test", help="which scenes: as eval --data (default: the run's test split)")
+
+    r = sub.add_parser("report", help="write WORKDIR/report.html: metrics, curves and the run's pictures")
+    r.add_argument("--workdir", required=True, type=Path)
+
+    s = sub.add_parser("segment", help="segment images or folders: label maps, overlays, slots (docs/your_data.md)")
+    _model_args(s)
+    s.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    s.add_argument("--out", required=True, type=Path, help="output folder (outside the input folders)")
+    s.add_argument("--num-slots", type=int, default=None)
+    s.add_argument("--num-iters", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    x = sub.add_parser("export", help="write the slots, masks and metadata of every scene of a split to .npz")
+    _model_args(x)
+    x.add_argument("--data", required=True, help="as eval --data (test, val, cache:DIR, KIND:FILE, folder:DIR)")
+    x.add_argument("--out", required=True, type=Path, help="FILE.npz")
+    x.add_argument("--num-slots", type=int, default=None)
+    x.add_argument("--num-iters", type=int, default=None)
+    x.add_argument("--batch-size", type=int, default=64)
+    x.add_argument("--device", default="cpu")
+    x.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    z = sub.add_parser("zoo", help="the models shipped with slotlab")
+    zsub = z.add_subparsers(dest="zoo_command", required=True)
+    zsub.add_parser("list", help="list the zoo's models")
+    za = zsub.add_parser("add", help="make a zoo entry (weights + config.json) from a run's best checkpoint")
+    za.add_argument("run", type=Path, help="run directory")
+    za.add_argument("--name", required=True)
+    za.add_argument("--root", type=Path, default=None, help="zoo directory (default: $SLOTLAB_ZOO or the package's)")
+    za.add_argument("--overwrite", action="store_true")
 
     m = sub.add_parser("demo", help="the quick start: train the CPU preset on built-in Tetrominoes, report")
     m.add_argument("--workdir", type=Path, default=Path("runs/demo"))
@@ -126,6 +165,21 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--num-slots", type=int, default=None, help="K (not stored in checkpoints; official 7 / 10)")
     o.add_argument("--resolution", type=int, default=128, help="image size (not stored in checkpoints)")
     return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--workdir", type=Path, help="a run directory")
+    which.add_argument("--model", default=None, metavar="NAME", help="a zoo model (slotlab zoo list)")
+
+
+def _model_dir(args) -> Path:
+    """The run directory of --workdir, or the zoo entry directory of --model."""
+    if args.model is None:
+        return args.workdir
+    from slotlab.zoo import entry_dir
+
+    return entry_dir(args.model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,14 +236,22 @@ def _dispatch(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "eval":
-        result = runs.eval_run(args.workdir, args.data, args.checkpoint, args.num_slots, args.num_iters,
+        result = runs.eval_run(_model_dir(args), args.data, args.checkpoint, args.num_slots, args.num_iters,
                                args.batch_size, args.limit, args.device)
         from slotlab.tasks import get_task
 
-        print(get_task(runs.load_run_config(args.workdir)).format(result))
+        print(get_task(runs.load_run_config(_model_dir(args))).format(result))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    if args.command == "data" and args.data_command == "convert" and args.spec.startswith("folder:"):
+        from slotlab.data.folder_convert import convert_folder
+
+        if args.resolution is None:
+            raise ValueError("data convert folder:DIR needs --resolution R (the model's image side)")
+        path = convert_folder(args.spec, args.out, args.resolution, args.resize, not args.no_progress)
+        print(f"wrote {path}")
         return 0
     if args.command == "data" and args.data_command == "convert":
         path = runs.convert_data(args.spec, args.out, args.start, args.stop, not args.no_progress)
@@ -200,8 +262,23 @@ def _dispatch(args) -> int:
         print(f"wrote {args.num} {args.name} scenes to {path}")
         return 0
     if args.command == "viz":
-        pictures = runs.viz_run(args.workdir, args.out, args.num_scenes, args.checkpoint, args.data)
+        pictures = runs.viz_run(_model_dir(args), args.out, args.num_scenes, args.checkpoint, args.data)
         print("wrote " + ", ".join(str(path) for path in pictures))
+        return 0
+    if args.command == "report":
+        from slotlab.report import write_report
+
+        print(f"wrote {write_report(args.workdir)}")
+        return 0
+    if args.command in ("segment", "export"):
+        return _segment_or_export(args)
+    if args.command == "zoo":
+        from slotlab import zoo
+
+        if args.zoo_command == "list":
+            print("\n".join(zoo.entries()) or f"the zoo ({zoo.zoo_root()}) is empty")
+            return 0
+        print(f"wrote {zoo.add_entry(args.run, args.name, args.root, args.overwrite)}")
         return 0
     if args.command == "demo":
         report = runs.demo(args.workdir, args.experiment, args.overrides, args.resume)
@@ -214,6 +291,31 @@ def _dispatch(args) -> int:
         print(f"wrote {out}: evaluate with `slotlab eval --workdir {out}`")
         return 0
     raise ValueError(f"unknown command {args.command}")
+
+
+def _segment_or_export(args) -> int:
+    from slotlab import runs
+    from slotlab.api import load
+    from slotlab.distributed import resolve_device
+
+    model = load(_model_dir(args)).to(resolve_device(args.device, f"{args.command} --device"))
+    model.source = args.model or str(args.workdir)
+    if args.command == "export":
+        from slotlab.export import export_slots
+
+        scenes = runs.task_data(args.data, model.config)
+        out = export_slots(model, scenes, args.data, args.out, batch_size=args.batch_size, num_slots=args.num_slots,
+                           num_iters=args.num_iters, progress=not args.no_progress)
+        print(f"wrote {out} ({len(scenes)} scenes)")
+        return 0
+    from slotlab.segment import segment_paths
+
+    index = segment_paths(model, args.inputs, args.out, batch_size=args.batch_size, num_slots=args.num_slots,
+                          num_iters=args.num_iters, progress=not args.no_progress)
+    print(f"wrote {len(index['outputs'])} segmentations to {args.out} (index.html)")
+    for item in index["skipped"]:
+        print(f"slotlab segment: skipped {item['input']}: {item['error']}", file=sys.stderr)
+    return 1 if index["skipped"] else 0
 
 
 if __name__ == "__main__":

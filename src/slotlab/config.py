@@ -61,6 +61,7 @@ class DataConfig:
     test_size: int = 320  # ... and the next test_size are only for the final report
     cache_dir: str = ""  # where generated data is cached ("" = ~/.cache/slotlab)
     path: str = ""  # real datasets read from disk (e.g. name="clevr": the CLEVR_v1.0 directory)
+    resize: str = "crop"  # --data folder:DIR images to the model's resolution: "crop", "pad" or "stretch"
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Evaluation on a split: object discovery (FG-ARI, ARI with background, mBO, MSE) and set prediction (AP).
 
-Slot Attention draws fresh initial slots on every call, so evaluation is stochastic; we fix the draw with
-``seed`` (in a forked RNG, leaving the caller's random state untouched) so that numbers are reproducible.
+Slot Attention draws fresh initial slots on every call, so evaluation is stochastic; each scene's draw is seeded
+from ``seed`` and the scene's pixels (``slotlab.noise``), so numbers are reproducible and do not depend on the
+batch size, the order of the scenes or the device (the caller's random state is left untouched).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from torch import nn
 from slotlab import metrics
 from slotlab.data import SceneSet
 from slotlab.nn.precision import autocast
+from slotlab.noise import seeded_forward
 
 
 @torch.no_grad()
 def _model_batches(model: nn.Module, data, n: int, batch_size: int, seed: int, precision: str,
                    num_slots: int | None, num_iters: int | None) -> Iterator[tuple[dict, dict]]:
-    """(batch, model outputs) over the first ``n`` scenes, in eval mode, with the initial-slot noise drawn from
-    ``seed`` in a forked RNG (the caller's random state and the model's train/eval mode are restored)."""
+    """(batch, model outputs) over the first ``n`` scenes, in eval mode, with each scene's initial-slot noise
+    seeded from ``seed`` and its pixels (the caller's random state and the model's train/eval mode are restored)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device  # the CPU for a model without parameters
@@ -33,7 +35,7 @@ def _model_batches(model: nn.Module, data, n: int, batch_size: int, seed: int, p
                 if device.type == "cuda":  # CUDA graphs (compile_mode="reduce-overhead") reuse output memory
                     torch.compiler.cudagraph_mark_step_begin()
                 with autocast(precision, device):
-                    out = model(batch["image"].to(device), num_slots=num_slots, num_iters=num_iters)
+                    out = seeded_forward(model, batch["image"].to(device), seed, num_slots, num_iters)
                 if device.type != "cpu":  # the metrics (and the Hungarian matching) run on the CPU
                     out = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
                 yield batch, out
@@ -46,6 +48,7 @@ def evaluate(model: nn.Module, data: SceneSet, *, batch_size: int = 64, num_slot
              num_iters: int | None = None, seed: int = 0, limit: int | None = None,
              precision: str = "fp32") -> dict[str, float]:
     """Mean FG-ARI, ARI, mBO and MSE over (the first ``limit`` scenes of) ``data``; also their standard errors.
+    Data without ground-truth masks (a folder of images without ``masks/``) gets MSE only (the others NaN).
 
     ``precision="bf16"`` runs the forward under bf16 autocast (:mod:`slotlab.nn.precision`); metrics stay float64.
     """
@@ -53,13 +56,15 @@ def evaluate(model: nn.Module, data: SceneSet, *, batch_size: int = 64, num_slot
     n = len(data) if limit is None else min(limit, len(data))
     background = getattr(data, "num_background", 1)  # Objects Room: 4 background masks
     for batch, out in _model_batches(model, data, n, batch_size, seed, precision, num_slots, num_iters):
+        per_scene["mse"].append(metrics.mse(batch["image"], out["recon"]))
+        if "masks" not in batch:
+            continue
         per_scene["fg_ari"].append(metrics.fg_ari(batch["masks"], out["masks"], num_background=background))
         per_scene["ari"].append(metrics.ari(batch["masks"], out["masks"]))
         per_scene["mbo"].append(metrics.mbo(batch["masks"], out["masks"], num_background=background))
-        per_scene["mse"].append(metrics.mse(batch["image"], out["recon"]))
     result: dict[str, float] = {"num_scenes": n}
     for key, values in per_scene.items():
-        v = torch.cat(values)
+        v = torch.cat(values) if values else torch.empty(0)
         v = v[~torch.isnan(v)]
         result[key] = float(v.mean()) if len(v) else float("nan")
         result[f"{key}_sem"] = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
@@ -68,6 +73,8 @@ def evaluate(model: nn.Module, data: SceneSet, *, batch_size: int = 64, num_slot
 
 def format_metrics(result: dict[str, float]) -> str:
     """One human-readable line: FG-ARI, ARI, mBO (percent) and MSE."""
+    if math.isnan(result["ari"]):  # no ground-truth masks
+        return f"MSE {result['mse']:.5f}  ({int(result['num_scenes'])} scenes; no masks, so no FG-ARI / ARI / mBO)"
     return (f"FG-ARI {100 * result['fg_ari']:.1f}  ARI {100 * result['ari']:.1f}  mBO {100 * result['mbo']:.1f}  "
             f"MSE {result['mse']:.5f}  ({int(result['num_scenes'])} scenes)")
 

@@ -62,17 +62,28 @@ def data_splits(workdir: Path, cfg: ExperimentConfig, data: str | None, val_data
         return None
     if not get_task(cfg).scene_specs:
         raise ValueError(f"--data: a {cfg.model.task} run reads the data its config names (data.name / data.path)")
+    if data.startswith("folder:"):  # a folder of images (slotlab.data.folder, docs/your_data.md)
+        from slotlab.data.folder import folder_training_splits
+
+        splits = folder_training_splits(data, cfg.model.resolution, cfg.data.resize, val_data)
+        data_spec_record(workdir, data, val_data, resume)
+        return splits
     if cfg.train.report_test:
         raise ValueError("train.report_test needs the built-in data; with --data evaluate the test range after "
                          "training (slotlab eval --data KIND:PATH@test)")
     train_spec, val_spec = training_specs(data, val_data, cfg.data.val_size)
     log.info("training on %s, validating on %s", train_spec, val_spec)
     splits = {"train": load_scenes(train_spec), "val": load_scenes(val_spec)}
+    data_spec_record(workdir, data, val_data, resume)
+    return splits
+
+
+def data_spec_record(workdir: Path, data: str, val_data: str | None, resume: bool) -> None:
+    """Keep ``--data`` / ``--val-data`` in ``WORKDIR/data.json`` for ``--resume`` (a new run only)."""
     if not resume and not (Path(workdir) / "checkpoints" / "last.safetensors").is_file():
         Path(workdir).mkdir(parents=True, exist_ok=True)
         if _rank0():
-            record.write_text(json.dumps({"data": data, "val_data": val_data}, indent=2) + "\n")
-    return splits
+            (Path(workdir) / "data.json").write_text(json.dumps({"data": data, "val_data": val_data}, indent=2) + "\n")
 
 
 def load_run_config(workdir: Path) -> ExperimentConfig:
@@ -83,11 +94,14 @@ def load_run_config(workdir: Path) -> ExperimentConfig:
 
 
 def load_model(workdir: Path, checkpoint: str = "best") -> tuple[torch.nn.Module, ExperimentConfig]:
-    """The run's model with the weights of ``checkpoints/<checkpoint>.safetensors`` (falls back to last)."""
+    """The run's model with the weights of ``checkpoints/<checkpoint>.safetensors`` (falls back to last); a zoo
+    entry directory (``slotlab.zoo``) gives its ``model.safetensors``."""
     cfg = load_run_config(workdir)
     path = Path(workdir) / "checkpoints" / f"{checkpoint}.safetensors"
     if not path.is_file():
         path = Path(workdir) / "checkpoints" / "last.safetensors"
+    if not path.is_file() and (Path(workdir) / "model.safetensors").is_file():
+        path = Path(workdir) / "model.safetensors"
     model = get_task(cfg).build_model(cfg)
     load_checkpoint(path, model)
     model.eval()
@@ -104,6 +118,10 @@ def resolve_data(spec: str, cfg: ExperimentConfig):
     if not task.scene_specs:
         raise ValueError(f"--data {spec!r}: a {task.name} run uses 'test', 'val' or 'train' (its data config "
                          "names the dataset)")
+    if spec.startswith("folder:"):  # a folder of images, fitted to the model (docs/your_data.md)
+        from slotlab.data.folder import folder_scenes
+
+        return folder_scenes(spec, cfg.model.resolution, cfg.data.resize)
     from slotlab.data.specs import load_scenes
 
     return load_scenes(spec)  # KIND:PATH[@A:B | @NAME] or cache:DIR[@A:B] (docs/datasets.md)
@@ -121,8 +139,8 @@ def eval_run(workdir: Path, data: str = "test", checkpoint: str = "best", num_sl
              num_iters: int | None = None, batch_size: int = 64, limit: int | None = None,
              device: str = "cpu") -> dict:
     """``slotlab eval``: metrics of the run's model on ``data``, its forward on ``device`` ("cpu", "cuda", "auto":
-    the metrics are computed on the CPU either way; the initial-slot noise comes from that device's generator, so
-    the numbers differ slightly between devices, by the random draw only)."""
+    the metrics are computed on the CPU either way; each scene's initial-slot noise is seeded from its pixels on
+    the CPU, slotlab.noise, so devices differ only by their arithmetic)."""
     from slotlab.distributed import resolve_device
 
     model, cfg = load_model(workdir, checkpoint)

@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from slotlab.data import SceneSet  # noqa: E402
+from slotlab.noise import seeded_forward  # noqa: E402
 
 PALETTE = torch.tensor([
     [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
@@ -39,10 +40,11 @@ def _segmentation(masks: Tensor) -> Tensor:
 
 @torch.no_grad()
 def _run(model: nn.Module, images: Tensor, seed: int) -> dict[str, Tensor]:
+    """The model's outputs with each image's initial slots seeded as in evaluation (slotlab.noise)."""
     model.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return model(images)
+        return seeded_forward(model, images, seed)
 
 
 def save_scene_figure(model: nn.Module, scenes: SceneSet, out: Path, num_scenes: int = 6, seed: int = 0) -> None:
@@ -51,7 +53,7 @@ def save_scene_figure(model: nn.Module, scenes: SceneSet, out: Path, num_scenes:
     batch = scenes.batch(slice(0, n))
     out_ = _run(model, batch["image"], seed)
     K = out_["masks"].shape[1]
-    cols = K + 4
+    cols = K + 3 + ("masks" in batch)  # no "true" column for images without masks
     fig, axes = plt.subplots(n, cols, figsize=(1.4 * cols, 1.4 * n + 0.3), squeeze=False)
     for i in range(n):
         panels = [("input", _rgb(batch["image"][i])), ("recon", _rgb(out_["recon"][i]))]
@@ -61,7 +63,8 @@ def save_scene_figure(model: nn.Module, scenes: SceneSet, out: Path, num_scenes:
             shown = _rgb(out_["recons"][i, k]) * mask.permute(1, 2, 0) + (1 - mask.permute(1, 2, 0))
             panels.append((f"slot {k + 1}", shown))
         panels.append(("predicted", _segmentation(out_["masks"][i, :, 0])))
-        panels.append(("true", _segmentation(batch["masks"][i])))
+        if "masks" in batch:
+            panels.append(("true", _segmentation(batch["masks"][i])))
         for j, (title, img) in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(img.numpy(), interpolation="nearest")

@@ -1,0 +1,59 @@
+"""Initial-slot noise seeded per image, so that a model's output for an image depends on the image alone.
+
+Slot Attention draws its initial slots at random on every call (mu + sigma * noise, paper section 2). Drawn for a
+whole batch from one generator, an image's noise depends on its position in the batch and on the batch size. Here
+each image's noise comes from its own generator, seeded with a hash of (``seed``, the image's pixels quantised to
+8 bits), so evaluation, ``slotlab segment`` and ``slotlab.load(...).segment`` give the same masks for the same
+image whatever batch it is in, and on any device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor, nn
+
+from slotlab.nn.slot_attention import SlotAttention
+
+
+def image_seeds(images: Tensor, seed: int) -> list[int]:
+    """One 63-bit seed per image of ``images`` (B, 3, H, W) in [-1, 1], from ``seed`` and its 8-bit pixels."""
+    pixels = ((images.detach().float().cpu() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)  # (B, 3, H, W)
+    seeds = []
+    for image in pixels:
+        digest = hashlib.blake2b(image.numpy().tobytes(), digest_size=8, key=str(int(seed)).encode()).digest()
+        seeds.append(int.from_bytes(digest, "little") & (2**63 - 1))
+    return seeds
+
+
+def seeded_initial_slots(sa: SlotAttention, seeds: list[int], num_slots: int | None) -> Tensor | None:
+    """(B, K, D) initial slots mu + sigma * noise, each image's noise from its own seed; None for learned slots."""
+    if sa.slot_init != "random":
+        return None  # learned initial slots draw no noise
+    K = num_slots or sa.num_slots
+    noise = torch.stack([torch.randn(K, sa.slots_mu.shape[-1], generator=torch.Generator().manual_seed(s))
+                         for s in seeds])  # (B, K, D)
+    mu, log_sigma = sa.slots_mu.detach(), sa.slots_log_sigma.detach()  # (1, 1, D)
+    return mu + log_sigma.exp() * noise.to(mu.device, mu.dtype)
+
+
+def seeded_forward(model: nn.Module, images: Tensor, seed: int, num_slots: int | None = None,
+                   num_iters: int | None = None) -> dict[str, Tensor]:
+    """``model(images)`` with each image's initial-slot noise seeded by :func:`image_seeds` (a batched forward for
+    Slot Attention; one image at a time under its seed for other slot modules, e.g. the invariant one; one plain
+    call for a model without ``slot_attention``)."""
+    sa = getattr(model, "slot_attention", None)
+    if sa is None:  # no slots to seed (e.g. a stand-in model in tests): one batched call
+        return model(images, num_slots=num_slots, num_iters=num_iters)
+    seeds = image_seeds(images, seed)
+    if isinstance(sa, SlotAttention):
+        slots = seeded_initial_slots(sa, seeds, num_slots)
+        return model(images, num_slots=num_slots, num_iters=num_iters, slots=slots)
+    outputs = []
+    for image, s in zip(images, seeds, strict=True):
+        with torch.random.fork_rng(devices=[image.device] if image.device.type == "cuda" else []):
+            torch.manual_seed(s)
+            outputs.append(model(image[None], num_slots=num_slots, num_iters=num_iters))
+    return {key: torch.cat([o[key] for o in outputs]) if isinstance(outputs[0][key], Tensor) else outputs[0][key]
+            for key in outputs[0]}

@@ -1,0 +1,87 @@
+"""The model zoo: trained models shipped inside the package, loaded by name (``slotlab.load("tetrominoes")``).
+
+Each entry is a directory ``slotlab/zoo/<name>/`` holding
+
+- ``model.safetensors``: the weights only (tensors ``model.<parameter>``, no optimizer state), loadable like a
+  checkpoint and never executing code;
+- ``config.json``: the resolved experiment config, as a run directory writes it;
+- ``card.md``: the model card (data, steps, wall time, machine, curves, test metrics, the command that made it).
+
+``SLOTLAB_ZOO=DIR`` (or the ``root`` argument) reads entries from another directory instead. :func:`add_entry`
+makes an entry from a run directory's best checkpoint (``slotlab zoo add RUN_DIR --name NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from slotlab.checkpoint import load_checkpoint
+from slotlab.config import ExperimentConfig
+
+WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "card.md"
+ZOO_ENV = "SLOTLAB_ZOO"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def zoo_root(root: str | Path | None = None) -> Path:
+    """Where the entries live: ``root``, else ``$SLOTLAB_ZOO``, else this package directory."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get(ZOO_ENV) or Path(__file__).parent)
+
+
+def entries(root: str | Path | None = None) -> list[str]:
+    """The names of the entries (directories holding ``model.safetensors``), sorted."""
+    base = zoo_root(root)
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / WEIGHTS).is_file())
+
+
+def entry_dir(name: str, root: str | Path | None = None) -> Path:
+    """The directory of the entry ``name``; KeyError listing the zoo when there is none."""
+    path = zoo_root(root) / name
+    if not _NAME.match(name) or not (path / WEIGHTS).is_file():
+        names = entries(root)
+        listing = ", ".join(names) if names else "none yet"
+        raise KeyError(f"no model named {name!r} in the zoo ({zoo_root(root)}); available: {listing}. "
+                       "A run directory is loaded by its path.")
+    return path
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """``checkpoints/best.safetensors`` of a run directory, else ``last.safetensors``."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    for name in ("best", "last"):
+        if (checkpoints / f"{name}.safetensors").is_file():
+            return checkpoints / f"{name}.safetensors"
+    raise FileNotFoundError(f"{run_dir}: no checkpoints/best.safetensors or last.safetensors (is it a slotlab run "
+                            "directory that has trained?)")
+
+
+def add_entry(run_dir: str | Path, name: str, root: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Make the zoo entry ``name`` from the run's best checkpoint (else its last): its weights without optimizer
+    state, and its config. The card is written separately. Returns the entry's directory."""
+    from slotlab.api import build_checked
+
+    if not _NAME.match(name):
+        raise ValueError(f"zoo name {name!r}: expected lower-case letters, digits, '_', '-' or '.'")
+    run_dir = Path(run_dir)
+    cfg = ExperimentConfig.load(run_dir / CONFIG)
+    checkpoint = best_checkpoint(run_dir)
+    model = build_checked(cfg, checkpoint)
+    meta = load_checkpoint(checkpoint)["state"]
+    out = zoo_root(root) / name
+    if (out / WEIGHTS).exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a zoo entry; remove it first")
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    info = {"step": meta.get("step"), "train_seconds": meta.get("train_seconds"), "source": checkpoint.name}
+    save_file(tensors, str(out / WEIGHTS), metadata={"config": json.dumps(cfg.to_dict()), "state": json.dumps(info)})
+    cfg.save(out / CONFIG)
+    return out
