@@ -27,15 +27,11 @@ def image_seeds(images: Tensor, seed: int) -> list[int]:
     return seeds
 
 
-def seeded_initial_slots(sa: SlotAttention, seeds: list[int], num_slots: int | None) -> Tensor | None:
-    """(B, K, D) initial slots mu + sigma * noise, each image's noise from its own seed; None for learned slots."""
-    if sa.slot_init != "random":
-        return None  # learned initial slots draw no noise
+def seeded_initial_slots(sa: SlotAttention, seeds: list[int], num_slots: int | None) -> Tensor:
+    """(B, K, D) initial slots (:meth:`SlotAttention.init_slots`), each image's noise from its own seed."""
     K = num_slots or sa.num_slots
-    noise = torch.stack([torch.randn(K, sa.slots_mu.shape[-1], generator=torch.Generator().manual_seed(s))
-                         for s in seeds])  # (B, K, D)
-    mu, log_sigma = sa.slots_mu.detach(), sa.slots_log_sigma.detach()  # (1, 1, D)
-    return mu + log_sigma.exp() * noise.to(mu.device, mu.dtype)
+    with torch.no_grad():
+        return torch.cat([sa.init_slots(1, K, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
 def seeded_forward(model: nn.Module, images: Tensor, seed: int, num_slots: int | None = None,

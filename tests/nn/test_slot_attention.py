@@ -141,3 +141,21 @@ def test_from_lucidrains_parity():
     init = theirs.slots_mu + theirs.slots_logsigma.exp() * noise
     got = ours(x, slots=init)["slots"]
     assert (got - expected).abs().max() <= 1e-4
+
+
+def test_learned_slots_take_more_slots_at_test_time():
+    torch.manual_seed(0)
+    sa = SlotAttention(num_slots=4, input_dim=8, slot_dim=16, num_iters=3, mlp_hidden_dim=16, slot_init="learned")
+    x = torch.randn(2, 20, 8)
+    out = sa(x, num_slots=6)
+    assert out["slots"].shape == (2, 6, 16) and out["attn"].shape == (2, 6, 20)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    init = sa.init_slots(2, 6, generator=g())
+    assert torch.equal(init[:, :4], sa.slots_init.expand(2, -1, -1))  # the learned ones are kept ...
+    assert torch.equal(init, sa.init_slots(2, 6, generator=g()))  # ... the extra ones come from the generator
+    learned = sa.slots_init[0]
+    extra = sa.init_slots(4000, 5)[:, 4]  # many draws of one extra slot: the learned slots' mean and spread
+    assert torch.allclose(extra.mean(0), learned.mean(0), atol=0.1 * learned.std(0).max().item())
+    assert torch.allclose(extra.std(0), learned.std(0, unbiased=False), rtol=0.1)
+    with pytest.raises(ValueError, match="learned initial slots"):
+        sa(x, num_slots=3)

@@ -26,6 +26,15 @@ from slotlab.nn.fast_attention import fast_iterations
 from slotlab.nn.precision import fp32, full_precision
 
 
+def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x`` (on its device, in its dtype), from ``generator`` if given (drawn on
+    the generator's device, then moved: the same numbers on any device)."""
+    if generator is None:  # randn_like: traceable by torch.compile with a symbolic batch size
+        return torch.randn_like(x, memory_format=torch.contiguous_format)
+    noise = torch.randn(x.shape, dtype=x.dtype, generator=generator, device=generator.device)
+    return noise.to(x.device)
+
+
 class SlotCore(nn.Module):
     """What every Slot Attention module shares: the sizes, the LayerNorms, the q / k / v projections, the GRU and
     residual MLP that refine the slots, the initial-slot distribution (or learned initial slots), and their
@@ -83,17 +92,24 @@ class SlotCore(nn.Module):
         keras_reset_(self)
 
     def init_slots(self, batch_size: int, num_slots: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw initial slots mu + sigma * noise, (B, K, D); a fresh draw on every call (or the learned ones)."""
+        """Initial slots (B, K, D): mu + sigma * noise, a fresh draw on every call (``slot_init="random"``), or the
+        learned ones (``"learned"``). With learned slots, ``num_slots`` above the trained K keeps the K learned
+        slots and draws the extra ones around them: noise with the mean and the standard deviation (over the K
+        learned slots, per dimension) of the learned vectors. Fewer slots than K are refused (which learned slots
+        to drop is undefined). ``generator`` (on any device) makes the noise reproducible."""
         if self.slot_init == "learned":
-            if num_slots != self.num_slots:
-                raise ValueError(f"slot_init='learned' fixes K={self.num_slots}, got num_slots={num_slots}")
-            return self.slots_init.expand(batch_size, -1, -1)
+            learned = self.slots_init.expand(batch_size, -1, -1)  # (B, K, D)
+            extra = num_slots - self.num_slots
+            if extra == 0:
+                return learned
+            if extra < 0:
+                raise ValueError(f"slot_init='learned' has K={self.num_slots} learned initial slots; "
+                                 f"num_slots={num_slots} would drop some (more than K are allowed)")
+            mu = self.slots_init.mean(dim=1, keepdim=True).expand(batch_size, extra, -1)  # (B, extra, D)
+            sigma = self.slots_init.std(dim=1, unbiased=False, keepdim=True)  # (1, 1, D)
+            return torch.cat([learned, mu + sigma * _noise_like(mu, generator)], dim=1)
         mu = self.slots_mu.expand(batch_size, num_slots, -1)
-        if generator is None:  # randn_like: traceable by torch.compile with a symbolic batch size
-            noise = torch.randn_like(mu, memory_format=torch.contiguous_format)
-        else:
-            noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
-        return mu + self.slots_log_sigma.exp() * noise
+        return mu + self.slots_log_sigma.exp() * _noise_like(mu, generator)
 
     def refine(self, updates: Tensor, slots_prev: Tensor) -> Tensor:
         """GRU (state = the slots before LayerNorm) then the residual MLP: (B, K, D), (B, K, D) -> (B, K, D)."""
