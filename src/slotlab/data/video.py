@@ -208,26 +208,29 @@ def load_video_cache(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     return arrays, meta
 
 
-def video_cache_dir(name: str, num: int, seed: int, num_frames: int, cache_root: str | os.PathLike) -> Path:
-    return Path(cache_root) / f"{name}-seed{seed}-n{num}-f{num_frames}"
+def video_cache_dir(name: str, num: int, seed: int, num_frames: int, resolution: int,
+                    cache_root: str | os.PathLike) -> Path:
+    return Path(cache_root) / f"{name}-seed{seed}-n{num}-f{num_frames}-r{resolution}"
 
 
-def get_or_create_video(name: str, num: int, seed: int, num_frames: int, cache_root: str | os.PathLike) -> Path:
+def get_or_create_video(name: str, num: int, seed: int, num_frames: int, cache_root: str | os.PathLike,
+                        resolution: int = 64) -> Path:
     """The cache of videos 0..num-1 of the built-in generator ``name``, generated (chunk by chunk) if needed."""
     if name not in VIDEO_GENERATORS:
         raise ValueError(f"unknown built-in video dataset {name!r}; expected one of {sorted(VIDEO_GENERATORS)}")
     generator, num_objects = VIDEO_GENERATORS[name]
-    path = video_cache_dir(name, num, seed, num_frames, cache_root)
+    path = video_cache_dir(name, num, seed, num_frames, resolution, cache_root)
     try:
         _, meta = load_video_cache(path)
-        if (meta["name"], meta["seed"], meta["num"], meta["num_frames"]) == (name, seed, num, num_frames):
+        if (meta["name"], meta["seed"], meta["num"], meta["num_frames"], meta["image_size"]) == \
+                (name, seed, num, num_frames, [resolution, resolution]):
             return path
     except (OSError, ValueError, KeyError):
         pass
     with _atomic_dir(path) as tmp:
         outputs: dict[str, np.ndarray] = {}
         for lo in range(0, num, _CHUNK):
-            part = generator(min(_CHUNK, num - lo), seed, start=lo, num_frames=num_frames)
+            part = generator(min(_CHUNK, num - lo), seed, start=lo, num_frames=num_frames, resolution=resolution)
             part = {"video": part["video"], "labels": part["labels"], "motion": part["motion"]}
             if not outputs:
                 outputs = {k: np.lib.format.open_memmap(tmp / f"{k}.npy", "w+", v.dtype, (num, *v.shape[1:]))
@@ -266,7 +269,8 @@ def build_video_splits(cfg, cache_root: str | os.PathLike | None = None) -> dict
                          f"{cfg.num_frames})")
     total = cfg.train_size + cfg.val_size + cfg.test_size
     root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cache_root or default_cache_root())
-    arrays, meta = load_video_cache(get_or_create_video(cfg.name, total, cfg.seed, cfg.num_frames, root))
+    arrays, meta = load_video_cache(get_or_create_video(cfg.name, total, cfg.seed, cfg.num_frames, root,
+                                                              cfg.resolution))
     G = meta["num_objects"]
     a, b = cfg.train_size, cfg.train_size + cfg.val_size
 
