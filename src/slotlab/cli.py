@@ -4,6 +4,7 @@
     slotlab eval  --workdir DIR [--data SPEC] [--num-iters T] [--num-slots K] [--json FILE]
     slotlab data generate NAME --out DIR --num N --seed S
     slotlab data convert KIND:FILE --out DIR [--start A --stop B]
+    slotlab data convert-movi RELEASE_DIR --out DIR [--resolution 64] [--splits train validation]
     slotlab viz   --workdir DIR --out FILE.png
     slotlab demo  [--workdir DIR]
     slotlab experiments
@@ -72,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--start", type=int, default=None, help="first record (default: the spec's range, else 0)")
     c.add_argument("--stop", type=int, default=None, help="one past the last record (default: the end)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    mv = dsub.add_parser("convert-movi", help="convert MOVi (Kubric) TFDS shards to video caches, no TensorFlow")
+    mv.add_argument("source", type=Path, help="the release directory holding *-train.tfrecord-* shards")
+    mv.add_argument("--out", required=True, type=Path, help="writes OUT/<split> per split (train with data.path)")
+    mv.add_argument("--splits", nargs="+", default=["train", "validation"])
+    mv.add_argument("--resolution", type=int, default=None, help="downsample frames to this size (SAVi: 64)")
+    mv.add_argument("--max-instances", type=int, default=10, help="objects per video (MOVi-A/B/C: 10; D/E: 23)")
+    mv.add_argument("--limit", type=int, default=None, help="convert only the first N videos of each split")
+    mv.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     v = sub.add_parser("viz", help="draw inputs, reconstructions, per-slot masks and attention")
     v.add_argument("--workdir", required=True, type=Path)
@@ -190,6 +200,14 @@ def _dispatch(args) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    if args.command == "data" and args.data_command == "convert-movi":
+        from slotlab.data.movi import convert_movi
+
+        for split in args.splits:
+            path = convert_movi(args.source, args.out / split, split, resolution=args.resolution,
+                                max_instances=args.max_instances, limit=args.limit, progress=not args.no_progress)
+            print(f"wrote {path}")
         return 0
     if args.command == "data" and args.data_command == "convert":
         path = runs.convert_data(args.spec, args.out, args.start, args.stop, not args.no_progress)

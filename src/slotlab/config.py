@@ -56,6 +56,7 @@ class ModelConfig:
     flow_max_magnitude: float = 5.0  # video, target="flow": flow (pixels) at full colour saturation
     predictor_heads: int = 4  # video: attention heads of the predictor's transformer block
     predictor_mlp_dim: int = 256  # video: MLP size of the predictor and of the conditioning encoder
+    decoder_resolution: int = 0  # video: the decoder draws at this size, upsampled (bilinear) to resolution (0 = same)
 
 
 @dataclass

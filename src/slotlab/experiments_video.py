@@ -42,14 +42,16 @@ def savi_movi_c() -> ExperimentConfig:
 
 def savi_sprites_cpu() -> ExperimentConfig:
     """SAVi on built-in moving_sprites for 2 CPU cores: a strided encoder (64x64 -> 16x16 features), slot size 64,
-    a full-resolution broadcast decoder with 24-channel 3x3 convs, K=6, batch 8 clips of 6 frames, conditional on
-    first-frame centres; a 30-minute budget. Evaluated on whole 24-frame videos."""
+    a broadcast decoder with 32-channel 3x3 convs drawing at 32x32 (its RGB and mask logits upsampled to 64x64
+    before the softmax over slots), K=6, batch 8 clips of 6 frames, conditional on first-frame centres; a 30-minute
+    budget. Evaluated on whole 24-frame videos at 64x64."""
     return ExperimentConfig(
         name="savi_sprites_cpu",
         description="SAVi on moving_sprites, 2 CPU cores: 64x64, K=6, centres, 6-frame clips, 30-min budget.",
         model=ModelConfig(task="video", resolution=64, num_slots=6, num_iters=1, slot_dim=64, mlp_hidden_dim=128,
                           encoder_channels=32, encoder_strides=[2, 2], encoder_kernel=5, encoder_mlp_dim=64,
-                          decoder="broadcast", decoder_channels=24, decoder_layers=3, decoder_kernel=3,
+                          decoder="broadcast", decoder_channels=32, decoder_layers=3, decoder_kernel=3,
+                          decoder_resolution=32,
                           conditioning="centers", target="rgb", flow_max_magnitude=5.0, predictor_heads=4,
                           predictor_mlp_dim=128),
         data=DataConfig(name="moving_sprites", train_size=1_000, val_size=320, test_size=320, num_frames=24,
@@ -65,7 +67,7 @@ def tiny_video() -> ExperimentConfig:
     cfg = savi_sprites_cpu()
     cfg.name, cfg.description = "tiny_video", "Smoke test: SAVi for a few steps on a handful of small videos."
     m = cfg.model
-    m.resolution, m.slot_dim, m.mlp_hidden_dim, m.predictor_mlp_dim = 32, 16, 16, 16
+    m.resolution, m.decoder_resolution, m.slot_dim, m.mlp_hidden_dim, m.predictor_mlp_dim = 32, 16, 16, 16, 16
     m.encoder_channels, m.encoder_mlp_dim, m.decoder_channels, m.decoder_layers = 8, 8, 8, 2
     cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 8, 4, 4
     cfg.data.num_frames, cfg.data.clip_length, cfg.data.resolution = 4, 3, 32

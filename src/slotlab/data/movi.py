@@ -109,7 +109,7 @@ def _first_frame_instances(features: dict, num: int, F: int, where: str) -> tupl
             raise MoviError(f"{where}: instances/bboxes ragged values ({len(flat)} boxes, {len(frames)} frames, "
                             f"row lengths {lengths.tolist()}) do not match num_instances={num}")
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        for i, (s, n) in enumerate(zip(starts, lengths)):
+        for i, (s, n) in enumerate(zip(starts, lengths, strict=True)):
             first = np.nonzero(frames[s:s + n] == 0)[0]
             if len(first):
                 boxes[i] = flat[s + first[0]]

@@ -16,7 +16,10 @@ conditioning rows (objects, row 0 the background), H, W frame size.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+import torch.nn.functional as F_nn
 from torch import Tensor, nn
 
 from slotlab.config import ModelConfig
@@ -75,7 +78,9 @@ class SAVi(nn.Module):
             width = CONDITIONING_WIDTH[cfg.conditioning] + 1
             self.initializer = keras_init_(nn.Sequential(nn.Linear(width, cfg.predictor_mlp_dim), nn.ReLU(),
                                                          nn.Linear(cfg.predictor_mlp_dim, cfg.slot_dim)))
-        self.decoder = build_decoder(cfg)
+        # the decoder may draw at a lower resolution (cheaper); its RGB and mask logits are upsampled before the
+        # softmax over slots, so the masks keep sub-pixel boundaries
+        self.decoder = build_decoder(dataclasses.replace(cfg, resolution=cfg.decoder_resolution or cfg.resolution))
         self.check_finite = True  # reject NaN/Inf videos (a device sync on a GPU; training turns it off there)
 
     def initial_slots(self, batch_size: int, conditioning: Tensor | None) -> Tensor:
@@ -115,7 +120,11 @@ class SAVi(nn.Module):
             preds.append(predicted)
             attns.append(sa["attn"])
         slots_t = torch.stack(slots, dim=1)  # (B, F, K, D)
-        out = fp32(self.decoder(slots_t.flatten(0, 1)))  # (B*F, K, 4, H, W)
+        out = fp32(self.decoder(slots_t.flatten(0, 1)))  # (B*F, K, 4, h, w)
+        if out.shape[-1] != self.cfg.resolution:
+            size = (self.cfg.resolution, self.cfg.resolution)
+            out = F_nn.interpolate(out.flatten(0, 1), size, mode="bilinear")  # (B*F*K, 4, H, W)
+            out = out.unflatten(0, (B * F, -1))  # (B*F, K, 4, H, W)
         recon, masks = recompose(out)  # (B*F, 3, H, W), (B*F, K, 1, H, W)
         return {"recon": recon.unflatten(0, (B, F)), "recons": out[:, :, :3].unflatten(0, (B, F)),
                 "masks": masks.unflatten(0, (B, F)), "slots": slots_t, "predicted": torch.stack(preds, dim=1),
@@ -130,6 +139,9 @@ def validate_savi_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.target must be 'rgb' or 'flow', got {cfg.target!r}")
     if cfg.decoder not in ("broadcast", "upsample"):
         raise ValueError(f"savi needs model.decoder 'broadcast' or 'upsample', got {cfg.decoder!r}")
+    if cfg.decoder_resolution and (cfg.decoder_resolution > cfg.resolution or cfg.decoder == "upsample"):
+        raise ValueError(f"model.decoder_resolution={cfg.decoder_resolution} must be <= model.resolution="
+                         f"{cfg.resolution}, with decoder='broadcast'")
     if cfg.slot_dim % cfg.predictor_heads:
         raise ValueError(f"model.slot_dim={cfg.slot_dim} must divide by model.predictor_heads={cfg.predictor_heads}")
     if cfg.attention != "slot" or cfg.background != "none" or cfg.mask_source != "decoder" or cfg.mask_prior_steps:
