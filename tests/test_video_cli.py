@@ -6,6 +6,7 @@ from PIL import Image
 
 from slotlab.cli import main
 from slotlab.report import write_report
+from slotlab.runs import viz_run
 
 
 def test_train_eval_viz_report(tmp_path, monkeypatch, capsys):
@@ -22,7 +23,10 @@ def test_train_eval_viz_report(tmp_path, monkeypatch, capsys):
     assert main(["viz", "--workdir", str(run), "--out", str(run / "scenes.png")]) == 0
     with Image.open(run / "scenes.gif") as gif:
         assert gif.n_frames == 4  # the whole 4-frame test video, not a training clip
-    assert "data:image/gif;base64" in write_report(run).read_text()
+    pictures = viz_run(run, run / "scenes.png")
+    assert set(pictures) == {run / "scenes.png", run / "scenes.gif"}
+    report = write_report(run, pictures).read_text()
+    assert "data:image/gif;base64" in report and "video FG-ARI" in report
 
 
 def test_video_errors_are_reported_not_raised(tmp_path, monkeypatch, capsys):

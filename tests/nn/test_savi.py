@@ -8,8 +8,7 @@ import torch
 from slotlab.data.moving_sprites import generate_moving_sprites
 from slotlab.data.video import VideoSet
 from slotlab.experiments import get_experiment
-from slotlab.nn.models import build_model
-from slotlab.tasks import TASKS
+from slotlab.tasks import TASKS, build_model
 from slotlab.train import train_step
 
 
