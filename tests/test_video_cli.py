@@ -20,6 +20,8 @@ def test_train_eval_viz_report(tmp_path, monkeypatch, capsys):
     assert "video FG-ARI" in capsys.readouterr().out
     result = json.loads((run / "test_metrics.json").read_text())
     assert result["num_videos"] == 4 and 0 <= result["mbo"] <= 1
+    assert main(["eval", "--workdir", str(run), "--num-iters", "2"]) == 2
+    assert "drop --num-slots / --num-iters" in capsys.readouterr().err
     assert main(["viz", "--workdir", str(run), "--out", str(run / "scenes.png")]) == 0
     with Image.open(run / "scenes.gif") as gif:
         assert gif.n_frames == 4  # the whole 4-frame test video, not a training clip

@@ -40,9 +40,14 @@ def video_target(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 @torch.no_grad()
 def evaluate_video(model: nn.Module, data, *, batch_size: int = EVAL_BATCH_CAP, seed: int = 0,
-                   limit: int | None = None, precision: str = "fp32", **_unused) -> dict[str, float]:
+                   limit: int | None = None, precision: str = "fp32", num_slots: int | None = None,
+                   num_iters: int | None = None) -> dict[str, float]:
     """Mean video FG-ARI, video ARI, per-frame FG-ARI, video mBO and MSE (with standard errors) over the first
-    ``limit`` videos of ``data`` (a VideoSet of whole videos). At most EVAL_BATCH_CAP videos go through at once."""
+    ``limit`` videos of ``data`` (a VideoSet of whole videos). At most EVAL_BATCH_CAP videos go through at once.
+    ``num_slots`` / ``num_iters`` must stay None: SAVi runs with the K and iterations it was trained with."""
+    if num_slots is not None or num_iters is not None:
+        raise ValueError("video evaluation uses the model's own model.num_slots and model.num_iters; drop "
+                         "--num-slots / --num-iters")
     n = len(data) if limit is None else min(limit, len(data))
     batch_size = max(1, min(batch_size, EVAL_BATCH_CAP))
     per_video: dict[str, list[Tensor]] = {k: [] for k in ("fg_ari", "ari", "frame_fg_ari", "mbo", "mse")}
