@@ -97,10 +97,11 @@ class SAVi(nn.Module):
                              f"presence flag), got {tuple(conditioning.shape)}")
         G = conditioning.shape[1]
         if G > K:
-            objects = int((conditioning[..., -1] > 0).sum(dim=1).max())
-            if (conditioning[:, K:, -1] > 0).any():
-                raise ValueError(f"the conditioning holds {objects} objects in {G} rows, more than the "
-                                 f"model.num_slots={K} slots; raise model.num_slots to at least {G}")
+            if (conditioning[:, K:, -1] > 0).any():  # row k conditions slot k; row 0 is the background
+                objects = int((conditioning[..., -1] > 0).sum(dim=1).max())
+                raise ValueError(f"the conditioning holds up to {objects} objects in {G} rows (row 0 = background), "
+                                 f"more than the model.num_slots={K} slots can take; raise model.num_slots to at "
+                                 f"least {G}")
             conditioning = conditioning[:, :K]  # rows beyond K are all absent
         elif G < K:  # pad with absent rows
             conditioning = torch.cat([conditioning, conditioning.new_zeros(batch_size, K - G, width)], dim=1)
