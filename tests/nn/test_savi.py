@@ -78,3 +78,19 @@ def test_bad_inputs_get_clear_errors(clips):
         _model(conditioning="masks")
     with pytest.raises(ValueError, match="model.target must be"):
         _model(target="depth")
+
+
+@pytest.mark.parametrize("name", ["savi_movi_a", "savi_sprites_cpu"])  # savi_movi_c: the same model (checked)
+def test_every_video_preset_builds_and_takes_a_training_step(name):
+    assert get_experiment("savi_movi_c").model == get_experiment("savi_movi_a").model
+    cfg = get_experiment(name)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    res, K = cfg.model.resolution, cfg.model.num_slots
+    video = torch.rand(1, 2, 3, res, res) * 2 - 1
+    width = {"centers": 3, "boxes": 5}.get(cfg.model.conditioning)
+    conditioning = None if width is None else torch.rand(1, K, width)
+    out = model(video, conditioning)
+    assert out["masks"].shape == (1, 2, K, 1, res, res)
+    out["recon"].square().mean().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("encoder", "decoder")))
