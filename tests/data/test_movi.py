@@ -128,3 +128,23 @@ def test_corrupt_files_and_records_are_rejected_by_name(tmp_path):
     with pytest.raises(MoviError, match="video frame 1: cannot decode PNG"):
         decode_movi_example(_example(features), "x")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_converted_release_trains_and_evaluates(tmp_path):
+    from slotlab.config import apply_overrides
+    from slotlab.experiments import get_experiment
+    from slotlab.train import train
+
+    src = tmp_path / "release"
+    src.mkdir()
+    for split, seeds in (("train", (0, 1, 2)), ("validation", (3, 4))):
+        records = b"".join(_record(_example(_video(s)[0])) for s in seeds)
+        (src / f"movi_a-{split}.tfrecord-00000-of-00001").write_bytes(records)
+    for split in ("train", "validation"):
+        convert_movi(src, tmp_path / "movi" / split, split, max_instances=3, progress=False)
+    cfg = apply_overrides(get_experiment("tiny_video"), [
+        "data.name=movi", f"data.path={tmp_path / 'movi'}", "data.train_size=3", "data.val_size=1",
+        "data.test_size=1", "data.clip_length=2", "model.resolution=8", "model.decoder_resolution=0",
+        "model.target=flow", "model.conditioning=boxes", "model.num_slots=4"])
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result["step"] == 2 and result["num_videos"] == 1 and 0 <= result["mbo"] <= 1
