@@ -32,8 +32,8 @@ def test_every_preset_names_a_registered_task_that_builds_its_model():
 
 
 def test_unknown_task_is_named():
-    cfg = apply_overrides(get_experiment("tiny"), ["model.task=video"])
-    with pytest.raises(ValueError, match="unknown model.task 'video'; expected one of"):
+    cfg = apply_overrides(get_experiment("tiny"), ["model.task=audio"])
+    with pytest.raises(ValueError, match="unknown model.task 'audio'; expected one of"):
         get_task(cfg)
 
 

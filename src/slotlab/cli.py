@@ -4,6 +4,7 @@
     slotlab eval  --workdir DIR [--data SPEC] [--num-iters T] [--num-slots K] [--json FILE]
     slotlab data generate NAME --out DIR --num N --seed S
     slotlab data convert KIND:FILE --out DIR [--start A --stop B]
+    slotlab data convert-movi RELEASE_DIR --out DIR [--resolution 64] [--splits train validation]
     slotlab viz   --workdir DIR --out FILE.png
     slotlab segment (--model NAME | --workdir DIR) IMAGE_OR_DIR... --out OUTDIR [--num-slots K] [--num-iters T]
     slotlab export (--model NAME | --workdir DIR) --data SPEC --out FILE.npz
@@ -79,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--resolution", type=int, default=None, help="folder:DIR: the side of the square images")
     c.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"], help="folder:DIR: fitting rule")
+
+    mv = dsub.add_parser("convert-movi", help="convert MOVi (Kubric) TFDS shards to video caches, no TensorFlow")
+    mv.add_argument("source", type=Path, help="the release directory holding *-train.tfrecord-* shards")
+    mv.add_argument("--out", required=True, type=Path, help="writes OUT/<split> per split (train with data.path)")
+    mv.add_argument("--splits", nargs="+", default=["train", "validation"])
+    mv.add_argument("--resolution", type=int, default=None, help="downsample frames to this size (SAVi: 64)")
+    mv.add_argument("--max-instances", type=int, default=10, help="objects per video (MOVi-A/B/C: 10; D/E: 23)")
+    mv.add_argument("--limit", type=int, default=None, help="convert only the first N videos of each split")
+    mv.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     v = sub.add_parser("viz", help="draw inputs, reconstructions, per-slot masks and attention")
     _model_args(v)
@@ -252,6 +262,14 @@ def _dispatch(args) -> int:
             raise ValueError("data convert folder:DIR needs --resolution R (the model's image side)")
         path = convert_folder(args.spec, args.out, args.resolution, args.resize, not args.no_progress)
         print(f"wrote {path}")
+        return 0
+    if args.command == "data" and args.data_command == "convert-movi":
+        from slotlab.data.movi import convert_movi
+
+        for split in args.splits:
+            path = convert_movi(args.source, args.out / split, split, resolution=args.resolution,
+                                max_instances=args.max_instances, limit=args.limit, progress=not args.no_progress)
+            print(f"wrote {path}")
         return 0
     if args.command == "data" and args.data_command == "convert":
         path = runs.convert_data(args.spec, args.out, args.start, args.stop, not args.no_progress)

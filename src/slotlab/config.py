@@ -17,7 +17,8 @@ from pathlib import Path
 
 @dataclass
 class ModelConfig:
-    task: str = "autoencoder"  # a name in slotlab.tasks.TASKS: "autoencoder" (object discovery), "set_prediction"
+    task: str = "autoencoder"  # a name in slotlab.tasks.TASKS: "autoencoder" (object discovery), "set_prediction",
+    #                            "video" (SAVi)
     resolution: int = 128  # input and output images are resolution x resolution
     num_slots: int = 7  # K
     num_iters: int = 3  # T
@@ -50,6 +51,12 @@ class ModelConfig:
     head_hidden_dim: int = 64  # set prediction: hidden size of the per-slot property MLP
     head_positions: bool = False  # set prediction: the head also sees each slot's attention centroid (slotlab)
     set_layout: str = "clevr"  # set prediction: target layout ("clevr": P=19, "sprites": P=14; set_layout.py)
+    conditioning: str = "learned"  # video: initial slots "learned", or from first-frame "centers" or "boxes"
+    target: str = "rgb"  # video: reconstruct the "rgb" frames or the optical "flow" (as a colour-wheel picture)
+    flow_max_magnitude: float = 5.0  # video, target="flow": flow (pixels) at full colour saturation
+    predictor_heads: int = 4  # video: attention heads of the predictor's transformer block
+    predictor_mlp_dim: int = 256  # video: MLP size of the predictor and of the conditioning encoder
+    decoder_resolution: int = 0  # video: the decoder draws at this size, upsampled (bilinear) to resolution (0 = same)
 
 
 @dataclass
@@ -62,6 +69,9 @@ class DataConfig:
     cache_dir: str = ""  # where generated data is cached ("" = ~/.cache/slotlab)
     path: str = ""  # real datasets read from disk (e.g. name="clevr": the CLEVR_v1.0 directory)
     resize: str = "crop"  # --data folder:DIR images to the model's resolution: "crop", "pad" or "stretch"
+    num_frames: int = 24  # video: frames per generated video (evaluation runs on whole videos)
+    resolution: int = 64  # video: frame size of generated videos (H = W)
+    clip_length: int = 6  # video: training clips of this many consecutive frames
 
 
 @dataclass

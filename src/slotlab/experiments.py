@@ -11,6 +11,7 @@ import difflib
 from collections.abc import Callable
 
 from slotlab.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from slotlab.experiments_video import VIDEO_EXPERIMENTS
 
 PAPER_TRAIN = dict(batch_size=64, steps=500_000, lr=4e-4, warmup_steps=10_000, decay_rate=0.5, decay_steps=100_000)
 
@@ -176,7 +177,7 @@ def tiny() -> ExperimentConfig:
 EXPERIMENTS: dict[str, Callable[[], ExperimentConfig]] = {
     f.__name__: f for f in [clevr6, multi_dsprites, tetrominoes, tetrominoes_cpu, tetrominoes_bg_cpu,
                             multi_dsprites_cpu, tiny,
-                            clevr_set, sprites_set_cpu, tiny_set]
+                            clevr_set, sprites_set_cpu, tiny_set, *VIDEO_EXPERIMENTS]
 }
 
 

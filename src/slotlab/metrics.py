@@ -106,6 +106,47 @@ def mse(image: Tensor, recon: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Video (SAVi, Kipf et al. ICLR 2022: the ARI of a video counts all pixels of all frames at once)
+
+
+def _video_as_image(masks: Tensor) -> Tensor:
+    """(B, F, G, H, W) or (B, F, G, 1, H, W) -> (B, G, F * H, W): the frames stacked as one tall image, so that a
+    slot is one cluster across time."""
+    if masks.dim() == 6 and masks.shape[3] == 1:
+        masks = masks[:, :, :, 0]
+    if masks.dim() != 5:
+        raise ValueError(f"video masks must be (B, F, G, H, W), got {tuple(masks.shape)}")
+    B, F, G, H, W = masks.shape
+    return masks.transpose(1, 2).reshape(B, G, F * H, W)
+
+
+def video_ari(true_masks: Tensor, pred_masks: Tensor) -> Tensor:
+    """ARI over all pixels of all frames, background included: (B,) float64."""
+    return ari(_video_as_image(true_masks), _video_as_image(pred_masks))
+
+
+def video_fg_ari(true_masks: Tensor, pred_masks: Tensor, num_background: int = 1) -> Tensor:
+    """FG-ARI over all foreground pixels of all frames at once: a slot that moves from one object to another
+    mid-video splits that cluster and is penalised, unlike :func:`per_frame_fg_ari`. (B,) float64."""
+    return fg_ari(_video_as_image(true_masks), _video_as_image(pred_masks), num_background)
+
+
+def per_frame_fg_ari(true_masks: Tensor, pred_masks: Tensor, num_background: int = 1) -> Tensor:
+    """FG-ARI of each frame on its own, averaged over the frames that have foreground: (B,) float64."""
+    true, pred = _video_as_image(true_masks), _video_as_image(pred_masks)  # validates both
+    B, F = true_masks.shape[:2]
+    frames = lambda m: m.reshape(B, m.shape[1], F, -1, m.shape[-1]).transpose(1, 2).flatten(0, 1)  # noqa: E731
+    scores = fg_ari(frames(true), frames(pred), num_background).reshape(B, F)  # (B, F)
+    return scores.nanmean(dim=1)
+
+
+def video_mbo(true_masks: Tensor, pred_masks: Tensor, num_background: int = 1) -> Tensor:
+    """Mean best overlap of spatio-temporal masks: each object's IoU over the whole video with its best slot.
+    (B,) float64."""
+    return mbo(_video_as_image(true_masks), _video_as_image(pred_masks), num_background)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Set prediction
 
 

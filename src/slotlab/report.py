@@ -13,10 +13,12 @@ from slotlab.viz import read_metrics, save_curves
 
 
 def _img(path: Path) -> str:
+    """The picture embedded (PNG, or an animated GIF)."""
     if not path.is_file():
         return f"<p>(missing {html.escape(path.name)})</p>"
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
+    mime = "image/gif" if path.suffix.lower() == ".gif" else "image/png"
+    return f'<img src="data:{mime};base64,{data}" style="max-width:100%">'
 
 
 def _cell(key: str, value) -> str:

@@ -7,7 +7,9 @@ which data a run may read, and whether the training-step benchmarks cover it. Th
 test its name.
 
 - ``autoencoder`` (object discovery): MSE reconstruction, evaluated by FG-ARI / ARI / mBO / MSE, best = FG-ARI;
-- ``set_prediction``: Hungarian Huber loss, evaluated by AP at five distance thresholds, best = mean AP.
+- ``set_prediction``: Hungarian Huber loss, evaluated by AP at five distance thresholds, best = mean AP;
+- ``video`` (SAVi): MSE of the frames (or of the flow picture) on short clips, evaluated on whole videos by video
+  FG-ARI / ARI / per-frame FG-ARI / mBO, best = video FG-ARI.
 
 A new task is one more entry in :data:`TASKS`; a config selects it with ``model.task`` (``model.kind`` in config
 files written by earlier versions, accepted as an alias).
@@ -25,9 +27,12 @@ from torch import Tensor, nn
 
 from slotlab.config import ExperimentConfig, ModelConfig
 from slotlab.data import build_set_splits, build_splits
+from slotlab.data.video import build_video_splits
 from slotlab.evaluate import evaluate, evaluate_set, format_metrics, format_set_metrics
+from slotlab.evaluate_video import evaluate_video, format_video_metrics, video_inputs, video_target
 from slotlab.losses import hungarian_huber_loss
 from slotlab.nn.models import SetPredictor, SlotAttentionAutoEncoder
+from slotlab.nn.savi import SAVi
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ class Task:
     #                         (--data KIND:FILE or cache:DIR, docs/datasets.md); else only the config's splits
     synthetic_batch: Callable | None = field(default=None, kw_only=True)  # (ModelConfig, batch size, device) ->
     #                         a batch of random inputs for `slotlab bench train/gpu`; None: they do not cover it
+    forward: Callable = field(default=lambda model, batch: model(batch["image"]), kw_only=True)  # (model, batch)
+    #                         -> the outputs that ``loss`` reads
+    input_key: str = field(default="image", kw_only=True)  # the batch entry of the model's main input (device)
 
     def build_model(self, cfg: ExperimentConfig | ModelConfig) -> nn.Module:
         """The task's network for ``cfg`` (an experiment or its model section)."""
@@ -87,6 +95,27 @@ def _draw_sets(model: nn.Module, scenes, out: Path, num_scenes: int, seed: int) 
                  "prediction matched to it."}
 
 
+def _video_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+    return F.mse_loss(out["recon"], out["target"])
+
+
+def _video_forward(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The model's outputs plus ``target``: what ``recon`` should match (the frames, or the flow picture)."""
+    return {**model(**video_inputs(model, batch)), "target": video_target(model, batch)}
+
+
+def _draw_videos(model: nn.Module, videos, out: Path, num_videos: int, seed: int) -> dict[Path, str]:
+    from slotlab.viz_video import save_video_animation, save_video_figure
+
+    animation = out.with_suffix(".gif")
+    save_video_figure(model, videos, out, min(num_videos, 3), seed=seed)
+    save_video_animation(model, videos, animation, seed=seed)
+    return {animation: "Input | reconstruction | slots | ground truth over a whole held-out video; each slot keeps "
+                       "its colour in every frame.",
+            out: "Frames of held-out videos: input, reconstruction, slots (one colour per slot over time), "
+                 "ground truth."}
+
+
 TASKS: dict[str, Task] = {
     "autoencoder": Task(
         "autoencoder", build_splits, lambda split, index: split.batch(index, False), _reconstruction_loss,
@@ -98,6 +127,11 @@ TASKS: dict[str, Task] = {
         evaluate_set, format_set_metrics, "ap_mean", model=SetPredictor,
         curves={"ap_inf": "AP(inf)", "ap_1": "AP(1)", "ap_0.5": "AP(0.5)", "ap_0.25": "AP(0.25)",
                 "ap_0.125": "AP(0.125)"}, draw=_draw_sets),
+    "video": Task(
+        "video", build_video_splits, lambda split, index: split.batch(index), _video_loss, evaluate_video,
+        format_video_metrics, "fg_ari", model=SAVi, forward=_video_forward, input_key="video",
+        curves={"fg_ari": "video FG-ARI", "ari": "video ARI", "mbo": "video mBO", "frame_fg_ari": "per-frame FG-ARI"},
+        draw=_draw_videos),
 }
 
 

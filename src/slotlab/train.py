@@ -64,8 +64,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 def forward_loss(model: torch.nn.Module, task, batch: dict, precision: str) -> torch.Tensor:
     """The task's training loss of ``batch`` (on the model's device): the forward under bf16 autocast for
     ``precision="bf16"`` (precision.py), the outputs and the loss in fp32 either way."""
-    with autocast(precision, batch["image"].device):
-        out = model(batch["image"])
+    with autocast(precision, batch[task.input_key].device):
+        out = task.forward(model, batch)
     return task.loss(out, batch)
 
 
@@ -74,7 +74,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task, b
     """One optimisation step on ``batch`` (already on the model's device): :func:`forward_loss`, backward, optional
     gradient clipping, the optimizer's update. Returns the detached loss; no device sync (the caller checks it is
     finite)."""
-    if batch["image"].is_cuda:  # a new step for CUDA graphs (train.compile_mode="reduce-overhead"); else a no-op
+    if batch[task.input_key].is_cuda:  # a new step for CUDA graphs (train.compile_mode="reduce-overhead"); else a no-op
         torch.compiler.cudagraph_mark_step_begin()
     loss = forward_loss(model, task, batch, precision)
     optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,96 @@
+"""SAVi on built-in moving_sprites: video FG-ARI / ARI / mBO against wall-clock training minutes, conditional on
+first-frame centres and unconditional (learned initial slots), for ``savi_sprites_cpu``.
+
+Each variant trains for ``--minutes`` of training time on 6-frame clips, evaluating every ``--every`` minutes on the
+320 validation videos (which pick the checkpoint) and, for the curve only, on the 320 held-out test videos (whole
+24-frame videos). Writes ``<workdir>/savi_curve.json`` (every row, the machine), ``<workdir>/savi_curve.png`` (the
+curves) and ``<workdir>/centers/scenes.gif`` (an animation of the conditional model), and prints a markdown table.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/savi_curve.py --minutes 30 --workdir runs/savi_curve
+
+Timing excludes evaluation; it is wall-clock time of the training steps on this machine (2 threads by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+from budgeted_run import best_within, run
+
+VARIANTS = {"centers": ["model.conditioning=centers"], "learned": ["model.conditioning=learned"]}
+KEYS = (("fg_ari", "video FG-ARI"), ("ari", "video ARI"), ("mbo", "video mBO"), ("frame_fg_ari", "per-frame FG-ARI"))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (key, label) in zip(axes, KEYS[:3], strict=True):
+        for name, res in results.items():
+            rows = res["test"] or res["val"]
+            ax.plot([r["train_seconds"] / 60 for r in rows], [r[key] for r in rows], marker="o", ms=3, label=name)
+        ax.axhline(0.9, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("training minutes")
+        ax.set_title(f"{label} (held-out videos)")
+        ax.set_ylim(-0.05, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", default="savi_sprites_cpu")
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--every", type=float, default=3.0, help="minutes between evaluations")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--workdir", type=Path, default=Path("runs/savi_curve"))
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    args = p.parse_args()
+    results = {}
+    for name in args.variants:
+        sub = argparse.Namespace(experiment=args.experiment, minutes=args.minutes, every=args.every,
+                                 workdir=args.workdir / name, overrides=VARIANTS[name] + args.overrides)
+        val, test = run(sub)
+        results[name] = {"val": val, "test": [test[r["step"]] | {"step": r["step"]} for r in val if r["step"] in test]}
+        best = best_within(val, args.minutes, "fg_ari")
+        results[name]["test_at_best_val"] = test.get(best["step"]) if best else None
+        print(f"| {name} | train min | step | " + " | ".join(label for _, label in KEYS) + " |")
+        print("|---|---:|---:|" + "---:|" * len(KEYS))
+        for r in results[name]["test"]:
+            print(f"| test | {r['train_seconds'] / 60:.1f} | {r['step']} | "
+                  + " | ".join(f"{100 * r[k]:.1f}" for k, _ in KEYS) + " |")
+        print()
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()}
+    (args.workdir / "savi_curve.json").write_text(json.dumps({"machine": machine, "minutes": args.minutes,
+                                                             "results": results}, indent=1) + "\n")
+    plot(results, args.workdir / "savi_curve.png")
+    if "centers" in results:
+        from slotlab.runs import viz_run
+
+        viz_run(args.workdir / "centers", args.workdir / "centers" / "scenes.png")
+    print(f"machine: {machine['cpu']} ({machine['cores']} cores); wrote {args.workdir / 'savi_curve.json'}, "
+          f"{args.workdir / 'savi_curve.png'}")
+
+
+if __name__ == "__main__":
+    main()

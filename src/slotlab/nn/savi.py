@@ -1,0 +1,168 @@
+"""SAVi: Slot Attention for Video (Kipf et al., "Conditional Object-Centric Learning from Video", ICLR 2022).
+
+Per frame t, the slots of frame t - 1 are *predicted* forward and then *corrected* on frame t's features:
+
+    slots_0 = init(conditioning)                       learned vectors, or an MLP of first-frame centres or boxes
+    for t in 1..F:
+        corrected_t = SlotAttention(encoder(frame_t), slots=predicted)   one iteration (model.num_iters), the paper
+        predicted   = TransformerBlock(corrected_t)                      self-attention over the slots
+    frame_t ~ decoder(corrected_t)                                       spatial broadcast, alpha masks over slots
+
+The encoder (CNN + position embedding), Slot Attention (its fast paths) and the decoders are slotlab's own
+(``nn.modules``, ``nn.slot_attention``, ``nn.models.build_decoder``); a slot keeps its object over time because it
+carries over from frame to frame. Glossary: B batch, F frames, K slots, D slot_dim, N features per frame, G
+conditioning rows (objects, row 0 the background), H, W frame size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F_nn
+from torch import Tensor, nn
+
+from slotlab.config import ModelConfig
+from slotlab.nn.fast_paths import recompose
+from slotlab.nn.models import build_decoder
+from slotlab.nn.modules import Encoder, keras_init_
+from slotlab.nn.precision import fp32
+from slotlab.nn.slot_attention import SlotAttention
+
+CONDITIONING_WIDTH = {"centers": 2, "boxes": 4}  # signal channels before the presence flag
+
+
+class SlotPredictor(nn.Module):
+    """The predictor: one transformer block over the slots (multi-head self-attention, then an MLP, each with a
+    residual and a post-LayerNorm, as SAVi's ``TransformerBlock``). (B, K, D) -> (B, K, D)."""
+
+    def __init__(self, slot_dim: int, num_heads: int = 4, mlp_dim: int = 256) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(slot_dim, num_heads, batch_first=True)
+        self.norm_attn = nn.LayerNorm(slot_dim)
+        self.mlp = keras_init_(nn.Sequential(nn.Linear(slot_dim, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, slot_dim)))
+        self.norm_mlp = nn.LayerNorm(slot_dim)
+
+    def forward(self, slots: Tensor) -> Tensor:
+        x = self.norm_attn(slots + self.attn(slots, slots, slots, need_weights=False)[0])  # (B, K, D)
+        return self.norm_mlp(x + self.mlp(x))
+
+
+class SAVi(nn.Module):
+    """SAVi on videos (B, F, 3, H, W) in [-1, 1].
+
+    ``model.conditioning``: "learned" (one learned initial vector per slot; unconditional), "centers" or "boxes"
+    (conditioning (B, G, 3) or (B, G, 5): the first frame's signal of each object plus a presence flag, the
+    ``centers`` / ``boxes`` of ``VideoSet.batch``; row k initialises slot k, absent rows and rows beyond G give the
+    embedding of an all-zero signal).
+
+    forward returns ``recon`` (B, F, 3, H, W) the recomposed frames (RGB, or the flow picture for
+    ``model.target="flow"``); ``recons`` (B, F, K, 3, H, W); ``masks`` (B, F, K, 1, H, W) alpha masks (softmax over
+    K); ``slots`` (B, F, K, D) the corrected slots; ``predicted`` (B, F, K, D) the predictor's output after each
+    frame; ``attn`` (B, F, K, N) the corrector's attention.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        validate_savi_config(cfg)
+        self.cfg = cfg
+        res = (cfg.resolution, cfg.resolution)
+        self.encoder = Encoder(res, cfg.encoder_channels, tuple(cfg.encoder_strides), kernel_size=cfg.encoder_kernel,
+                               mlp_dim=cfg.encoder_mlp_dim)
+        learned = cfg.conditioning == "learned"
+        self.corrector = SlotAttention(cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters,
+                                       cfg.mlp_hidden_dim, slot_init="learned" if learned else "random")
+        self.corrector.check_finite = False  # the video is checked here
+        self.predictor = SlotPredictor(cfg.slot_dim, cfg.predictor_heads, cfg.predictor_mlp_dim)
+        if not learned:  # SAVi's coordinate encoder: an MLP from the signal (and presence) to a slot
+            width = CONDITIONING_WIDTH[cfg.conditioning] + 1
+            self.initializer = keras_init_(nn.Sequential(nn.Linear(width, cfg.predictor_mlp_dim), nn.ReLU(),
+                                                         nn.Linear(cfg.predictor_mlp_dim, cfg.slot_dim)))
+        # the decoder may draw at a lower resolution (cheaper); its RGB and mask logits are upsampled before the
+        # softmax over slots, so the masks keep sub-pixel boundaries
+        self.decoder = build_decoder(dataclasses.replace(cfg, resolution=cfg.decoder_resolution or cfg.resolution))
+        self.check_finite = True  # reject NaN/Inf videos (a device sync on a GPU; training turns it off there)
+
+    def initial_slots(self, batch_size: int, conditioning: Tensor | None) -> Tensor:
+        """The slots before the first frame, (B, K, D)."""
+        K = self.cfg.num_slots
+        if self.cfg.conditioning == "learned":
+            return self.corrector.init_slots(batch_size, K)
+        width = CONDITIONING_WIDTH[self.cfg.conditioning] + 1
+        if conditioning is None:
+            raise ValueError(f"model.conditioning={self.cfg.conditioning!r} needs the first frame's "
+                             f"{self.cfg.conditioning} (B, G, {width}); got none")
+        if conditioning.dim() != 3 or conditioning.shape[0] != batch_size or conditioning.shape[2] != width:
+            raise ValueError(f"conditioning must be (B={batch_size}, G, {width}) ({self.cfg.conditioning} and a "
+                             f"presence flag), got {tuple(conditioning.shape)}")
+        G = conditioning.shape[1]
+        if G > K:
+            if (conditioning[:, K:, -1] > 0).any():  # row k conditions slot k; row 0 is the background
+                objects = int((conditioning[..., -1] > 0).sum(dim=1).max())
+                raise ValueError(f"the conditioning holds up to {objects} objects in {G} rows (row 0 = background), "
+                                 f"more than the model.num_slots={K} slots can take; raise model.num_slots to at "
+                                 f"least {G}")
+            conditioning = conditioning[:, :K]  # rows beyond K are all absent
+        elif G < K:  # pad with absent rows
+            conditioning = torch.cat([conditioning, conditioning.new_zeros(batch_size, K - G, width)], dim=1)
+        return self.initializer(conditioning)  # (B, K, D)
+
+    def forward(self, video: Tensor, conditioning: Tensor | None = None) -> dict[str, Tensor]:
+        check_video(video, self.cfg.resolution, finite=self.check_finite)
+        B, F = video.shape[:2]
+        features = self.encoder(video.flatten(0, 1))  # (B*F, N, C): every frame in one batch
+        features = features.unflatten(0, (B, F))  # (B, F, N, C)
+        predicted = self.initial_slots(B, conditioning).to(features.dtype)
+        slots, preds, attns = [], [], []
+        for t in range(F):
+            sa = self.corrector(features[:, t], slots=predicted)  # correct the prediction on frame t
+            predicted = self.predictor(sa["slots"])  # (B, K, D): the slots expected at frame t + 1
+            slots.append(sa["slots"])
+            preds.append(predicted)
+            attns.append(sa["attn"])
+        slots_t = torch.stack(slots, dim=1)  # (B, F, K, D)
+        out = fp32(self.decoder(slots_t.flatten(0, 1)))  # (B*F, K, 4, h, w)
+        if out.shape[-1] != self.cfg.resolution:
+            size = (self.cfg.resolution, self.cfg.resolution)
+            out = F_nn.interpolate(out.flatten(0, 1), size, mode="bilinear")  # (B*F*K, 4, H, W)
+            out = out.unflatten(0, (B * F, -1))  # (B*F, K, 4, H, W)
+        recon, masks = recompose(out)  # (B*F, 3, H, W), (B*F, K, 1, H, W)
+        return {"recon": recon.unflatten(0, (B, F)), "recons": out[:, :, :3].unflatten(0, (B, F)),
+                "masks": masks.unflatten(0, (B, F)), "slots": slots_t, "predicted": torch.stack(preds, dim=1),
+                "attn": torch.stack(attns, dim=1)}
+
+
+def validate_savi_config(cfg: ModelConfig) -> None:
+    """Reject what SAVi cannot build, naming what is expected."""
+    if cfg.conditioning not in ("learned", "centers", "boxes"):
+        raise ValueError(f"model.conditioning must be 'learned', 'centers' or 'boxes', got {cfg.conditioning!r}")
+    if cfg.target not in ("rgb", "flow"):
+        raise ValueError(f"model.target must be 'rgb' or 'flow', got {cfg.target!r}")
+    if cfg.decoder not in ("broadcast", "upsample"):
+        raise ValueError(f"savi needs model.decoder 'broadcast' or 'upsample', got {cfg.decoder!r}")
+    if cfg.decoder_resolution and (cfg.decoder_resolution > cfg.resolution or cfg.decoder == "upsample"):
+        raise ValueError(f"model.decoder_resolution={cfg.decoder_resolution} must be <= model.resolution="
+                         f"{cfg.resolution}, with decoder='broadcast'")
+    if cfg.slot_dim % cfg.predictor_heads:
+        raise ValueError(f"model.slot_dim={cfg.slot_dim} must divide by model.predictor_heads={cfg.predictor_heads}")
+    if cfg.attention != "slot" or cfg.background != "none" or cfg.mask_source != "decoder" or cfg.mask_prior_steps:
+        raise ValueError("savi supports model.attention='slot', background='none', mask_source='decoder' and "
+                         "mask_prior_steps=0 only")
+
+
+def check_video(video: Tensor, resolution: int, finite: bool = True) -> None:
+    """Raise a clear error unless ``video`` is a float (B, F, 3, resolution, resolution) batch with F >= 1."""
+    if not isinstance(video, Tensor) or video.dim() != 5 or video.shape[2] != 3:
+        got = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        hint = " (one image? add a frame axis: video[:, None])" if isinstance(video, Tensor) and video.dim() == 4 \
+            else ""
+        raise ValueError(f"video must be (B, F, 3, H, W) RGB frames, got {got}{hint}")
+    if video.shape[1] < 1:
+        raise ValueError("video has 0 frames; the conditioning reads the first frame, so a clip needs >= 1 frame")
+    if tuple(video.shape[-2:]) != (resolution, resolution):
+        raise ValueError(f"video frames must be {resolution}x{resolution} for this model, got "
+                         f"{tuple(video.shape[-2:])}")
+    if not video.is_floating_point():
+        raise TypeError(f"video must be float in [-1, 1], got {video.dtype} (convert uint8 with x / 127.5 - 1)")
+    if finite and not torch.isfinite(video).all():
+        raise ValueError("video contains NaN or Inf")

@@ -1,0 +1,83 @@
+"""moving_sprites: deterministic, and its masks, flow and conditioning signals agree with the pixels."""
+
+import numpy as np
+import pytest
+import torch
+
+from slotlab.data.moving_sprites import BACKGROUND, forward_flow, generate_moving_sprites
+from slotlab.data.video import VideoSet, build_video_splits, first_frame_signals
+from slotlab.experiments import get_experiment
+
+
+@pytest.fixture(scope="module")
+def videos():
+    return generate_moving_sprites(6, seed=3, num_frames=10)
+
+
+def test_deterministic_and_indexed_by_seed_and_position(videos):
+    again = generate_moving_sprites(6, seed=3, num_frames=10)
+    part = generate_moving_sprites(2, seed=3, start=4, num_frames=10)
+    for key in videos:
+        assert np.array_equal(videos[key], again[key]), key
+        assert np.array_equal(videos[key][4:], part[key]), key
+    other = generate_moving_sprites(6, seed=4, num_frames=10)
+    assert not np.array_equal(videos["video"], other["video"])
+
+
+def test_masks_match_the_pixels(videos):
+    video, labels = videos["video"], videos["labels"]
+    assert (video[labels == 0] == BACKGROUND).all()
+    for n in range(len(video)):
+        ids = np.unique(labels[n])
+        assert 3 <= len(ids) <= 6  # background and 2-5 sprites
+        for i in ids[1:]:
+            colours = np.unique(video[n][labels[n] == i], axis=0)
+            assert len(colours) == 1 and not (colours == BACKGROUND).all()  # one colour per object, every frame
+        assert set(ids[1:]) == set(np.nonzero(videos["present"][n])[0])  # every object shows in the first frame
+
+
+def test_flow_moves_every_visible_pixel_onto_its_object_in_the_next_frame(videos):
+    labels, flow = videos["labels"], forward_flow(videos["labels"], videos["motion"])
+    N, F, H, W = labels.shape
+    assert (flow[labels == 0] == 0).all()
+    checked = 0
+    for n in range(N):
+        for t in range(F - 1):
+            ys, xs = np.nonzero(labels[n, t] > 0)
+            ids = labels[n, t, ys, xs]
+            ty, tx = ys + flow[n, t, ys, xs, 0].astype(int), xs + flow[n, t, ys, xs, 1].astype(int)
+            assert ((ty >= 0) & (ty < H) & (tx >= 0) & (tx < W)).all()  # sprites stay inside the frame
+            landed = labels[n, t + 1, ty, tx]
+            # the pixel lands on its own object, or behind a sprite drawn in front (a higher id): occlusion
+            assert ((landed == ids) | (landed > ids)).all()
+            same = landed == ids
+            assert (videos["video"][n, t + 1, ty[same], tx[same]] == videos["video"][n, t, ys[same], xs[same]]).all()
+            checked += int(same.sum())
+    assert checked > 1000
+
+
+def test_conditioning_signals_and_batches_agree_with_the_generator(videos):
+    signals = first_frame_signals(torch.from_numpy(videos["labels"][:, 0]), 6)
+    assert torch.equal(signals["centers"][..., :2], torch.from_numpy(videos["centers"]))
+    assert torch.equal(signals["boxes"][..., :4], torch.from_numpy(videos["boxes"]))
+    assert torch.equal(signals["centers"][..., 2], torch.from_numpy(videos["present"]))
+    clips = VideoSet(videos["video"], videos["labels"], 6, motion=videos["motion"], clip_length=4)
+    assert len(clips) == 6 * 7
+    batch = clips.batch(torch.tensor([7 + 2, 0]))  # video 1 from frame 2; video 0 from frame 0
+    assert batch["video"].shape == (2, 4, 3, 64, 64) and batch["masks"].shape == (2, 4, 6, 64, 64)
+    expected = forward_flow(videos["labels"][1, 2:6], videos["motion"][1, 2:6])  # (4, H, W, 2)
+    assert torch.equal(batch["flow"][0], torch.from_numpy(expected).permute(0, 3, 1, 2))
+    assert torch.equal(batch["centers"][1], signals["centers"][0])
+    rgb = torch.from_numpy(videos["video"][1, 2]).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.equal(batch["video"][0, 0], rgb)
+
+
+def test_bad_clip_lengths_are_rejected(tmp_path):
+    cfg = get_experiment("tiny_video").data
+    cfg.cache_dir = str(tmp_path)
+    cfg.clip_length = 5
+    with pytest.raises(ValueError, match="clip_length=5 is longer than the videos"):
+        build_video_splits(cfg)
+    cfg.clip_length = 0
+    with pytest.raises(ValueError, match="clip_length must be >= 1"):
+        build_video_splits(cfg)

@@ -1,0 +1,96 @@
+"""SAVi: two training steps for each target and conditioning, slot identity across frames, clear bad-input errors."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from slotlab.data.moving_sprites import generate_moving_sprites
+from slotlab.data.video import VideoSet
+from slotlab.experiments import get_experiment
+from slotlab.tasks import TASKS, build_model
+from slotlab.train import train_step
+
+
+@pytest.fixture(scope="module")
+def clips():
+    v = generate_moving_sprites(3, seed=0, num_frames=4, resolution=32)
+    return VideoSet(v["video"], v["labels"], 6, motion=v["motion"], clip_length=3)
+
+
+def _model(**changes):
+    torch.manual_seed(0)
+    return build_model(dataclasses.replace(get_experiment("tiny_video").model, **changes))
+
+
+@pytest.mark.parametrize("target", ["rgb", "flow"])
+@pytest.mark.parametrize("conditioning", ["learned", "centers", "boxes"])
+def test_trains_two_steps(clips, target, conditioning):
+    model = _model(target=target, conditioning=conditioning)
+    task = TASKS["video"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = [train_step(model, optimizer, task, clips.batch(torch.tensor([i, i + 2])), "fp32").item()
+              for i in range(2)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    for part in ("encoder", "corrector", "predictor", "decoder") + (() if conditioning == "learned" else
+                                                                     ("initializer",)):
+        assert any(k.startswith(part) for k in changed), part
+
+
+def test_outputs_and_slot_carry_over(clips):
+    model = _model(conditioning="centers").eval()
+    batch = clips.batch(torch.tensor([0, 1]))
+    out = model(batch["video"], batch["centers"])
+    B, F, K = 2, 3, 6
+    assert out["recon"].shape == (B, F, 3, 32, 32) and out["masks"].shape == (B, F, K, 1, 32, 32)
+    assert out["slots"].shape == (B, F, K, 16) and out["attn"].shape == (B, F, K, 8 * 8)
+    assert torch.allclose(out["masks"].sum(2), torch.ones(()))
+    # the video is causal: frame 0's slots do not depend on later frames
+    changed = batch["video"].clone()
+    changed[:, 1:] = 0
+    again = model(changed, batch["centers"])
+    assert torch.allclose(again["slots"][:, 0], out["slots"][:, 0], atol=1e-6)
+    assert not torch.allclose(again["slots"][:, 2], out["slots"][:, 2])
+    # evaluation runs on videos longer than the training clips
+    longer = model(torch.cat([batch["video"]] * 3, dim=1), batch["centers"])
+    assert longer["masks"].shape[1] == 9
+
+
+def test_bad_inputs_get_clear_errors(clips):
+    model = _model(conditioning="centers")
+    batch = clips.batch(torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"video must be \(B, F, 3, H, W\).*add a frame axis"):
+        model(batch["video"][:, 0], batch["centers"])
+    with pytest.raises(ValueError, match="0 frames"):
+        model(batch["video"][:, :0], batch["centers"])
+    with pytest.raises(ValueError, match="needs the first frame's centers"):
+        model(batch["video"])
+    with pytest.raises(ValueError, match=r"conditioning must be \(B=1, G, 3\)"):
+        model(batch["video"], batch["boxes"])
+    too_many = torch.cat([batch["centers"], batch["centers"][:, 1:3]], dim=1)  # 8 rows, objects in rows 6-7
+    with pytest.raises(ValueError, match="more than the model.num_slots=6 slots"):
+        model(batch["video"], too_many)
+    padded = torch.cat([batch["centers"], torch.zeros(1, 3, 3)], dim=1)  # extra rows, all absent: fine
+    assert model(batch["video"], padded)["slots"].shape[2] == 6
+    with pytest.raises(ValueError, match="model.conditioning must be"):
+        _model(conditioning="masks")
+    with pytest.raises(ValueError, match="model.target must be"):
+        _model(target="depth")
+
+
+@pytest.mark.parametrize("name", ["savi_movi_a", "savi_sprites_cpu"])  # savi_movi_c: the same model (checked)
+def test_every_video_preset_builds_and_takes_a_training_step(name):
+    assert get_experiment("savi_movi_c").model == get_experiment("savi_movi_a").model
+    cfg = get_experiment(name)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    res, K = cfg.model.resolution, cfg.model.num_slots
+    video = torch.rand(1, 2, 3, res, res) * 2 - 1
+    width = {"centers": 3, "boxes": 5}.get(cfg.model.conditioning)
+    conditioning = None if width is None else torch.rand(1, K, width)
+    out = model(video, conditioning)
+    assert out["masks"].shape == (1, 2, K, 1, res, res)
+    out["recon"].square().mean().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("encoder", "decoder")))
