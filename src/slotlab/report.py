@@ -27,18 +27,36 @@ def _cell(key: str, value) -> str:
     return f"{value:.5f}" if key in ("mse", "loss") else f"{100 * value:.1f}"
 
 
-def write_report(workdir: Path, pictures: dict[Path, str] | None = None) -> Path:
+def _comparison(comparison: dict | None) -> str:
+    """The section of :func:`slotlab.compare.compare_with_zoo`'s result: both models, their cost, their test
+    metrics and their pictures of the same scenes ("" without one)."""
+    if not comparison:
+        return ""
+    task = comparison["task"]
+    rows = "".join(f"<tr><td style='text-align:left'>{html.escape(r['model'])}</td>"
+                   f"<td style='text-align:left'>{html.escape(r['cost'])}</td>"
+                   f"<td style='text-align:left'>{html.escape(task.format(r))}</td></tr>" for r in comparison["rows"])
+    shown = "".join(f"<p>{html.escape(caption)}</p>{_img(Path(path))}"
+                    for path, caption in comparison["pictures"].items())
+    return (f"<h2>Beside the shipped model</h2><p>This run and the shipped model on the same held-out scenes "
+            f"({html.escape(comparison['scenes'])}), which neither trained on.</p>"
+            f"<table><tr><th>model</th><th>training cost</th><th>test</th></tr>{rows}</table>{shown}")
+
+
+def write_report(workdir: Path, pictures: dict[Path, str] | None = None, comparison: dict | None = None) -> Path:
     """Write ``workdir/report.html`` (images embedded, so the file can be moved or mailed) and return its path.
 
     ``pictures``: {picture: caption}, as :func:`slotlab.runs.viz_run` returns them (default: ``workdir/*.png``
-    other than the curves, without captions). The test line is ``test_metrics.json`` when present, in the task's
+    other than the curves, without captions); ``comparison``: a :func:`slotlab.compare.compare_with_zoo` result,
+    shown in a section of its own. The test line is ``test_metrics.json`` when present, in the task's
     format; the validation table has the task's curve metrics (:class:`slotlab.tasks.Task`)."""
     workdir = Path(workdir)
     cfg = ExperimentConfig.load(workdir / "config.json")
     task = get_task(cfg)
     save_curves(workdir, workdir / "curves.png", task.curves)
     if pictures is None:
-        pictures = {path: "" for path in sorted(workdir.glob("*.png")) if path.name != "curves.png"}
+        pictures = {path: "" for path in sorted(workdir.glob("*.png"))
+                    if path.name != "curves.png" and not path.name.startswith("compare_")}
     test_file = workdir / "test_metrics.json"
     test = json.loads(test_file.read_text()) if test_file.is_file() else {}
     _, val_rows = read_metrics(workdir)
@@ -60,6 +78,7 @@ def write_report(workdir: Path, pictures: dict[Path, str] | None = None) -> Path
 <p>{html.escape(cfg.description)}</p>
 {metrics}
 <h2>Pictures</h2>{shown}
+{_comparison(comparison)}
 <h2>Learning curves</h2>{_img(workdir / 'curves.png')}
 <table><tr><th>step</th><th>minutes</th>{header}</tr>{rows}</table>
 <h2>Config</h2><pre>{html.escape(json.dumps(cfg.to_dict(), indent=2))}</pre>

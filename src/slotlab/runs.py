@@ -205,4 +205,7 @@ def demo(workdir: Path, experiment: str = "tetrominoes_cpu", overrides: list[str
     (workdir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     log.info("test (best checkpoint by validation): %s", get_task(load_run_config(workdir)).format(result))
     pictures = viz_run(workdir, workdir / "scenes.png")
-    return write_report(workdir, pictures)
+    from slotlab.compare import compare_with_zoo
+
+    comparison = compare_with_zoo(workdir, load_run_config(workdir).data.name)  # after training: never its init
+    return write_report(workdir, pictures, comparison)
