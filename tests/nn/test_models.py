@@ -172,8 +172,9 @@ def test_model_variants_build_and_use_their_options(attention):
     out = model(image)
     out["recon"].sum().backward()
     assert model.slot_attention.slots_init.grad.abs().sum() > 0
+    assert model(image, num_slots=6)["slots"].shape[1] == 6  # more slots than learned: extra ones drawn around them
     with pytest.raises(ValueError, match="learned"):
-        model(image, num_slots=5)
+        model(image, num_slots=3)
 
 
 def test_frequency_bands_open_coarse_to_fine():
