@@ -34,10 +34,15 @@ class FrozenBackbone(nn.Module):
         if not 0 <= block <= arch.depth:
             raise ValueError(f"model.backbone_block={block} is out of range for {name} (1..{arch.depth}, 0 = last)")
         self.name, self.block = name, block or arch.depth
-        with torch.random.fork_rng():
-            torch.manual_seed(0)  # "random" is the same network in every process (cache and on-the-fly agree)
-            self.vit = VisionTransformer(arch, resolution)
-        self.fingerprint = load_weights(self.vit, weights, name)
+        if weights == "random":
+            with torch.random.fork_rng():
+                torch.manual_seed(0)  # the same network in every process (cache and on-the-fly agree)
+                self.vit = VisionTransformer(arch, resolution)
+            self.fingerprint = "random-seed0"
+        else:
+            with torch.device("meta"):  # no initialisation: every tensor comes from the file
+                self.vit = VisionTransformer(arch, resolution)
+            self.fingerprint = load_weights(self.vit, weights, name)
         self.vit.requires_grad_(False)
         self.vit.eval()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -86,9 +91,8 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def load_weights(vit: VisionTransformer, weights: str, name: str) -> str:
-    """Load ``weights`` (a path, or "random") into ``vit``; return a fingerprint of what was loaded (cache key)."""
-    if weights == "random":
-        return "random-seed0"
+    """Load the file ``weights`` into ``vit`` (built on the meta device); return the file's fingerprint (the
+    cache key)."""
     if not weights:
         raise ValueError("model.backbone_weights is not set: give a local weights file (--set "
                          "model.backbone_weights=PATH, see docs/real_world.md) or 'random' for a random backbone")
@@ -103,7 +107,7 @@ def load_weights(vit: VisionTransformer, weights: str, name: str) -> str:
         raise ValueError(
             f"model.backbone_weights: {path} does not match model.backbone={name!r}: missing {missing[:4]}, "
             f"unexpected {unexpected[:4]}, wrong shapes {wrong[:3]} (is it another architecture?)")
-    vit.load_state_dict({k: v.float() for k, v in state.items()})
+    vit.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, assign=True)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
