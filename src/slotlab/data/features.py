@@ -75,7 +75,7 @@ def cache_dir(root: Path, source, backbone, dtype: str) -> Path:
 
 
 def build_cache(source, backbone, root: Path, dtype: str = "fp16", batch_size: int = 64,
-                progress: bool = False) -> Path:
+                progress: bool | None = None) -> Path:
     """Compute and store the features of every item of ``source`` (reused when they exist); return the directory."""
     if dtype not in CACHE_DTYPES:
         raise ValueError(f"data.feature_cache must be one of {sorted(CACHE_DTYPES)} or 'none', got {dtype!r}")
@@ -91,7 +91,9 @@ def build_cache(source, backbone, root: Path, dtype: str = "fp16", batch_size: i
         out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=CACHE_DTYPES[dtype], shape=shape)
         from tqdm import tqdm
 
-        for start in tqdm(range(0, n, batch_size), desc=f"caching {source.name} features", disable=not progress):
+        steps = range(0, n, batch_size)
+        hide = None if progress is None else not progress  # None: a progress bar on a terminal only
+        for start in tqdm(steps, desc=f"caching {source.name} features", disable=hide):
             stop = min(start + batch_size, n)
             feats = first if start == 0 else compute_features(backbone, source.images(slice(start, stop)))
             out[start:stop] = feats.numpy().astype(CACHE_DTYPES[dtype])
@@ -128,7 +130,7 @@ class FeatureSplit:
         if self.cached is None:
             return compute_features(self.backbone, self.source.images(index))
         rows = self.cached[index] if isinstance(index, slice) else self.cached[np.asarray(index)]
-        return torch.from_numpy(np.asarray(rows, dtype=np.float32))
+        return torch.from_numpy(np.array(rows, dtype=np.float32))  # a copy: the cache stays read-only
 
     def batch(self, index, with_targets: bool = False) -> dict[str, Tensor]:
         out = {"features": self.features(index)}
@@ -137,7 +139,7 @@ class FeatureSplit:
         return out
 
 
-def feature_split(source, backbone, dtype: str, root: Path, progress: bool = False) -> FeatureSplit:
+def feature_split(source, backbone, dtype: str, root: Path, progress: bool | None = None) -> FeatureSplit:
     """A :class:`FeatureSplit` of ``source``: cached in ``dtype`` ("fp16" / "fp32") under ``root``, or "none"."""
     if dtype == "none":
         return FeatureSplit(source, backbone)
@@ -169,7 +171,7 @@ def photo_sources(cfg, resolution: int) -> dict:
             "test": VocSource(cfg.path, "val", resolution, S, 0, t)}
 
 
-def build_feature_splits(cfg, cache_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
+def build_feature_splits(cfg, cache_root: str | os.PathLike | None = None, progress: bool | None = None) -> dict:
     """Train / val / test :class:`FeatureSplit` s of ``cfg`` (an ExperimentConfig): the images of ``cfg.data``
     (``coco`` or ``voc`` from ``data.path``, or a built-in dataset), the frozen backbone of ``cfg.model`` on
     ``cfg.train.device``, and the features cached under ``data.cache_dir`` (default ~/.cache/slotlab) in
@@ -181,6 +183,8 @@ def build_feature_splits(cfg, cache_root: str | os.PathLike | None = None, progr
     m, d = cfg.model, cfg.data
     if d.feature_cache not in (*CACHE_DTYPES, "none"):
         raise ValueError(f"data.feature_cache must be 'fp16', 'fp32' or 'none', got {d.feature_cache!r}")
+    backbone = FrozenBackbone(m.backbone, m.backbone_weights, m.resolution, m.backbone_block)  # weights first
+    backbone.to(resolve_device(cfg.train.device))
     if d.name in ("coco", "voc"):
         sources = photo_sources(d, m.resolution)
     else:
@@ -192,8 +196,6 @@ def build_feature_splits(cfg, cache_root: str | os.PathLike | None = None, progr
             raise ValueError(f"the {split} split of {d.name} is empty (data.{split}_size, or the folder {d.path})")
         if source.resolution != m.resolution:
             raise ValueError(f"{d.name} images are {source.resolution}px but model.resolution={m.resolution}")
-    backbone = FrozenBackbone(m.backbone, m.backbone_weights, m.resolution, m.backbone_block)
-    backbone.to(resolve_device(cfg.train.device))
     root = Path(d.cache_dir) if d.cache_dir else Path(cache_root or default_cache_root())
     return {split: feature_split(source, backbone, d.feature_cache, root, progress)
             for split, source in sources.items()}
