@@ -20,8 +20,7 @@ from slotlab.data.features import FeatureSplit, feature_split
 from slotlab.distributed import resolve_device
 from slotlab.experiments import get_experiment
 from slotlab.nn.backbone import FrozenBackbone
-from slotlab.nn.models import build_model
-from slotlab.tasks import TASKS
+from slotlab.tasks import TASKS, build_model
 from slotlab.train import batch_indices, to_device, train_step
 
 

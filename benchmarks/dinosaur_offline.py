@@ -31,9 +31,8 @@ from slotlab.data.features import FeatureSplit, SceneSource
 from slotlab.evaluate_features import evaluate_features
 from slotlab.experiments import get_experiment
 from slotlab.nn.dinosaur import Dinosaur
-from slotlab.nn.models import build_model
 from slotlab.runs import load_model
-from slotlab.tasks import TASKS
+from slotlab.tasks import TASKS, build_model
 from slotlab.train import batch_indices, lr_at, train, train_step
 
 
@@ -64,7 +63,7 @@ def run_dinosaur(train_set: FeatureSplit, val_set: FeatureSplit, num_slots: int,
     """Train one DINOSAUR model on cached features; the validation curve."""
     torch.manual_seed(seed)
     _, N, C = train_set.cached.shape
-    cfg = ModelConfig(kind="features", num_slots=num_slots, slot_dim=64, mlp_hidden_dim=128, decoder_channels=128,
+    cfg = ModelConfig(task="features", num_slots=num_slots, slot_dim=64, mlp_hidden_dim=128, decoder_channels=128,
                       decoder_layers=2)
     model = Dinosaur(cfg, C, N)
     tc = TrainConfig(lr=4e-4, warmup_steps=200, decay_steps=100_000, grad_clip=1.0)

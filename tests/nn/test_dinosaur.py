@@ -5,11 +5,11 @@ from slotlab.config import ModelConfig
 from slotlab.evaluate_features import scene_metrics
 from slotlab.experiments import get_experiment
 from slotlab.nn.dinosaur import Dinosaur, feature_loss, masks_to_image
-from slotlab.nn.models import build_model
+from slotlab.tasks import build_model
 
 
 def small(**kw):
-    cfg = ModelConfig(kind="features", num_slots=3, slot_dim=16, mlp_hidden_dim=16, decoder_channels=24,
+    cfg = ModelConfig(task="features", num_slots=3, slot_dim=16, mlp_hidden_dim=16, decoder_channels=24,
                       decoder_layers=2)
     for k, v in kw.items():
         setattr(cfg, k, v)
