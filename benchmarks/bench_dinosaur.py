@@ -68,7 +68,7 @@ def main() -> None:
     cfg = get_experiment(args.preset)
     m = cfg.model
     backbone = FrozenBackbone(m.backbone, "random", m.resolution, m.backbone_block).to(device)
-    source = SyntheticImages(2 * args.batch, m.resolution)
+    source = SyntheticImages(args.batch, m.resolution)  # every step draws its batch from these
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
