@@ -63,7 +63,7 @@ class Task:
     model_splits: Callable | None = field(default=None, kw_only=True)  # ExperimentConfig -> splits, for data that
     #                         depend on the model (the features task's backbone); used instead of build_splits
     data_spec: Callable | None = field(default=None, kw_only=True)  # (DataConfig, --data spec) -> None: the
-    #                         spec names the dataset in the config (features: coco:DIR, voc:DIR)
+    #                         spec names the dataset in the config (features: coco:DIR, voc:DIR, folder:DIR)
 
     def build_model(self, cfg: ExperimentConfig | ModelConfig) -> nn.Module:
         """The task's network for ``cfg`` (an experiment or its model section)."""
@@ -100,8 +100,9 @@ def _no_data_only_splits(data) -> dict:
 
 def _feature_data_spec(data, spec: str) -> None:
     kind, _, path = spec.partition(":")
-    if kind not in ("coco", "voc") or not path:
-        raise ValueError(f"--data {spec!r}: the features task reads coco:DIR or voc:DIR (docs/real_world.md)")
+    if kind not in ("coco", "voc", "folder") or not path:
+        raise ValueError(f"--data {spec!r}: the features task reads coco:DIR, voc:DIR or folder:DIR "
+                         "(docs/real_world.md)")
     data.name, data.path = kind, path
 
 

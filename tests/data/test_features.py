@@ -83,3 +83,35 @@ def test_cli_train_and_eval_end_to_end(coco, tmp_path, capsys):
     args[args.index("--workdir") + 1] = str(tmp_path / "x")
     assert main(args) == 2  # no weights given: a clear error, not a download
     assert "backbone_weights is not set" in capsys.readouterr().err
+
+
+def test_cli_features_task_on_an_image_folder(tmp_path, capsys):
+    """--data folder:DIR (your own images): trains; with label masks beside the images the metrics are measured."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    (root / "masks").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(root / f"p{i}.png")
+        labels = np.zeros((36, 44), np.uint8)
+        labels[4:20, 6:30], labels[22:34, 20:40] = 1, 2
+        Image.fromarray(labels).save(root / "masks" / f"p{i}.png")
+    work = tmp_path / "run"
+    args = ["train", "--experiment", "dinosaur_coco", "--workdir", str(work), "--data", f"folder:{root}",
+            "--no-progress", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+    assert main(["eval", "--workdir", str(work), "--json", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["num_scenes"] == 1  # no test/ sub-folder: the held-out validation image
+    assert 0 <= metrics["mbo"] <= 1 and metrics["mse"] > 0
+    import shutil
+
+    shutil.rmtree(root / "masks")  # no masks: trains on the images; only the feature MSE can be measured
+    args[args.index("--workdir") + 1] = str(tmp_path / "run2")
+    assert main(args) == 0
+    assert main(["eval", "--workdir", str(tmp_path / "run2"), "--json", str(tmp_path / "m2.json")]) == 0
+    metrics = json.loads((tmp_path / "m2.json").read_text())
+    assert np.isnan(metrics["fg_ari"]) and np.isnan(metrics["mbo"]) and metrics["mse"] > 0

@@ -54,6 +54,32 @@ class SceneSource:
         return {"instances": labels, "classes": labels}
 
 
+class FolderSource:
+    """A folder of your own images (:mod:`slotlab.data.folder`, ``--data folder:DIR``) as a feature source: the
+    images fitted to the resolution by ``data.resize``; targets from the folder's masks when it has them (each
+    object its own instance and class), else all background, so that only the feature MSE is measured."""
+
+    def __init__(self, scenes) -> None:
+        self.scenes, self.name, self.resolution = scenes, scenes.name, scenes.resolution
+        files = hashlib.sha256("\n".join(scenes.files).encode()).hexdigest()[:16]
+        self.key = f"folder:{Path(scenes.root).resolve()}:{files}:{len(scenes)}:{scenes.resolution}:{scenes.resize}"
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def images(self, index) -> Tensor:
+        image = self.scenes.batch(index, with_masks=False)["image"]  # (B, 3, R, R) in [-1, 1], from uint8
+        return (image + 1).mul_(127.5).round_().to(torch.uint8)
+
+    def targets(self, index) -> dict[str, Tensor]:
+        batch = self.scenes.batch(index, with_masks=True)
+        if "masks" not in batch:
+            labels = torch.zeros(batch["image"].shape[0], self.resolution, self.resolution, dtype=torch.int16)
+        else:
+            labels = batch["masks"].argmax(dim=1).to(torch.int16)  # (B, R, R), 0 = background
+        return {"instances": labels, "classes": labels}
+
+
 def to_unit_range(images: Tensor) -> Tensor:
     """uint8 (B, 3, H, W) -> float32 in [-1, 1] (slotlab's image contract)."""
     return images.float().div_(127.5).sub_(1.0)
@@ -148,7 +174,7 @@ def feature_split(source, backbone, dtype: str, root: Path, progress: bool | Non
 
 
 def photo_sources(cfg, resolution: int) -> dict:
-    """COCO / VOC train, val and test sources of ``cfg`` (a DataConfig with ``name`` and ``path``).
+    """COCO / VOC / image-folder train, val and test sources of ``cfg`` (a DataConfig with ``name`` and ``path``).
 
     COCO: train = the first ``train_size`` images of train2017, val = the next ``val_size`` (checkpoint
     selection), test = the first ``test_size`` images of val2017 (the official evaluation set: all 5,000).
@@ -157,6 +183,14 @@ def photo_sources(cfg, resolution: int) -> dict:
     """
     if not cfg.path:
         raise ValueError(f"data.name={cfg.name!r} needs the dataset folder: --data {cfg.name}:DIR (or data.path)")
+    if cfg.name == "folder":  # train / val as `--data folder:DIR`; test: its test/ sub-folder, else val
+        from slotlab.data.folder import folder_scenes, folder_training_splits
+
+        spec = f"folder:{cfg.path}"
+        splits = folder_training_splits(spec, resolution, cfg.resize)
+        has_test = (Path(cfg.path) / "test").is_dir() or (Path(cfg.path) / "images" / "test").is_dir()
+        splits["test"] = folder_scenes(f"{spec}@test", resolution, cfg.resize) if has_test else splits["val"]
+        return {split: FolderSource(scenes) for split, scenes in splits.items()}
     S, a, v, t = cfg.mask_size, cfg.train_size, cfg.val_size, cfg.test_size
     if cfg.name == "coco":
         from slotlab.data.coco import CocoSource
@@ -185,7 +219,7 @@ def build_feature_splits(cfg, cache_root: str | os.PathLike | None = None, progr
         raise ValueError(f"data.feature_cache must be 'fp16', 'fp32' or 'none', got {d.feature_cache!r}")
     backbone = FrozenBackbone(m.backbone, m.backbone_weights, m.resolution, m.backbone_block)  # weights first
     backbone.to(resolve_device(cfg.train.device))
-    if d.name in ("coco", "voc"):
+    if d.name in ("coco", "voc", "folder"):
         sources = photo_sources(d, m.resolution)
     else:
         scenes = build_splits(d, cache_root)
