@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--data", default=None, metavar="SPEC",
                    help="train on KIND:FILE[@A:B] (a multi_object_datasets TFRecord; default range: the paper's "
-                        "first 60K/70K records) or cache:DIR instead of the built-in data (docs/datasets.md)")
+                        "first 60K/70K records) or cache:DIR instead of the built-in data (docs/datasets.md); "
+                        "features presets (DINOSAUR): coco:DIR or voc:DIR (docs/real_world.md)")
     t.add_argument("--val-data", default=None, metavar="SPEC",
                    help="validation data (default: the data.val_size scenes after the training range)")
 

@@ -57,6 +57,9 @@ class ModelConfig:
     predictor_heads: int = 4  # video: attention heads of the predictor's transformer block
     predictor_mlp_dim: int = 256  # video: MLP size of the predictor and of the conditioning encoder
     decoder_resolution: int = 0  # video: the decoder draws at this size, upsampled (bilinear) to resolution (0 = same)
+    backbone: str = "vit_base_patch16_dino"  # features task: the frozen ViT (slotlab.nn.vit.ARCHS)
+    backbone_weights: str = ""  # features task: a local .safetensors / .pth file, or "random" (tests); never fetched
+    backbone_block: int = 0  # features task: read the output of this block (1-based; 0 = the last, DINOSAUR)
 
 
 @dataclass
@@ -72,6 +75,8 @@ class DataConfig:
     num_frames: int = 24  # video: frames per generated video (evaluation runs on whole videos)
     resolution: int = 64  # video: frame size of generated videos (H = W)
     clip_length: int = 6  # video: training clips of this many consecutive frames
+    feature_cache: str = "fp16"  # features task: backbone features cached on disk, "fp16", "fp32" or "none"
+    mask_size: int = 320  # COCO / VOC: ground-truth masks resized (short side) and centre-cropped to this for metrics
 
 
 @dataclass

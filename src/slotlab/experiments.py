@@ -158,6 +158,38 @@ def tiny_set() -> ExperimentConfig:
     return cfg
 
 
+def dinosaur_coco() -> ExperimentConfig:
+    """DINOSAUR on COCO 2017 (Seitzer et al., ICLR 2023; official ``bridging/dinosaur/coco_feat_rec_dino_base16``
+    config, MLP decoder): frozen ViT-B/16 DINO, 224x224 centre crops, the output of block 12 (196 x 768
+    features); input MLP 768-768-256; Slot Attention K=7, slot size 256, T=3, MLP 1024; decoder MLP with three
+    hidden layers of 2048; batch 64, Adam lr 4e-4, warmup 10K, decay 0.5 per 100K, 500K steps, gradient
+    clipping 1.0. Needs the weights and the data: ``--set model.backbone_weights=FILE --data coco:DIR``."""
+    return ExperimentConfig(
+        name="dinosaur_coco",
+        description="Paper: DINOSAUR on COCO (ViT-B/16 DINO features, K=7, MLP decoder); needs weights + data.",
+        model=ModelConfig(task="features", resolution=224, num_slots=7, num_iters=3, slot_dim=256,
+                          mlp_hidden_dim=1024, decoder_channels=2048, decoder_layers=3,
+                          backbone="vit_base_patch16_dino"),
+        data=DataConfig(name="coco", train_size=117_287, val_size=1_000, test_size=5_000),
+        train=TrainConfig(batch_size=64, steps=500_000, lr=4e-4, warmup_steps=10_000, decay_rate=0.5,
+                          decay_steps=100_000, grad_clip=1.0, eval_every=5_000, checkpoint_every=5_000),
+    )
+
+
+def dinosaur_voc() -> ExperimentConfig:
+    """DINOSAUR on PASCAL VOC 2012: as :func:`dinosaur_coco` with K=6 and 300K steps (official
+    ``voc2012_trainaug_feat_rec_dino_base16_auto``, whose decoder is autoregressive; this preset keeps the MLP
+    decoder). Trains on trainaug when ``ImageSets/Segmentation/trainaug.txt`` exists (10,582 images), else
+    train; evaluates on the 1,449 val images. ``--set model.backbone_weights=FILE --data voc:DIR``."""
+    cfg = dinosaur_coco()
+    cfg.name = "dinosaur_voc"
+    cfg.description = "Paper: DINOSAUR on PASCAL VOC 2012 (ViT-B/16 DINO, K=6, MLP decoder); needs weights + data."
+    cfg.model.num_slots = 6
+    cfg.data = DataConfig(name="voc", train_size=10_582, val_size=250, test_size=1_449)
+    cfg.train.steps = 300_000
+    return cfg
+
+
 def tiny() -> ExperimentConfig:
     """A seconds-long configuration for tests and smoke runs."""
     cfg = tetrominoes_cpu()
@@ -177,7 +209,8 @@ def tiny() -> ExperimentConfig:
 EXPERIMENTS: dict[str, Callable[[], ExperimentConfig]] = {
     f.__name__: f for f in [clevr6, multi_dsprites, tetrominoes, tetrominoes_cpu, tetrominoes_bg_cpu,
                             multi_dsprites_cpu, tiny,
-                            clevr_set, sprites_set_cpu, tiny_set, *VIDEO_EXPERIMENTS]
+                            clevr_set, sprites_set_cpu, tiny_set, *VIDEO_EXPERIMENTS,
+                            dinosaur_coco, dinosaur_voc]
 }
 
 

@@ -85,10 +85,16 @@ def fg_ari(true_masks: Tensor, pred_masks: Tensor, num_background: int = 1) -> T
     return _ari(true[..., num_background:], hard)
 
 
-def mbo(true_masks: Tensor, pred_masks: Tensor, num_background: int = 1) -> Tensor:
+def mbo(true_masks: Tensor, pred_masks: Tensor, num_background: int = 1, valid: Tensor | None = None) -> Tensor:
     """Mean best overlap: for each true object present (background excluded), the best IoU with any hard
-    predicted mask, averaged over the scene's objects. (B,) float64; NaN for a scene without objects."""
+    predicted mask, averaged over the scene's objects. (B,) float64; NaN for a scene without objects.
+
+    ``valid`` (B, H, W) bool: pixels outside it are removed from the predictions and the truth before the IoUs
+    (the DINOSAUR protocol's ignore rule: overlapping instances, VOC's 255 border)."""
     true, hard = _prepare(true_masks, pred_masks)
+    if valid is not None:
+        keep = valid.reshape(hard.shape[0], -1, 1).to(torch.float64)  # (B, P, 1)
+        true, hard = true * keep, hard * keep
     true = true[..., num_background:]  # (B, P, G')
     inter = torch.einsum("bpg,bpk->bgk", true, hard)  # (B, G', K)
     union = true.sum(1)[:, :, None] + hard.sum(1)[:, None, :] - inter
@@ -98,6 +104,17 @@ def mbo(true_masks: Tensor, pred_masks: Tensor, num_background: int = 1) -> Tens
     count = present.sum(1).to(torch.float64)
     total = (best * present).sum(1)
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+def labels_to_masks(labels: Tensor) -> Tensor:
+    """A label map (B, H, W) of ints, 0 = background, < 0 = ignore, 1..G = objects -> (B, G, H, W) float one-hot
+    masks of the objects only (background and ignored pixels all-zero, so ARI leaves them out: FG-ARI). The ids
+    present are renumbered 1..G first (sparse ids such as COCO's category ids would waste memory)."""
+    labels = labels.long()
+    ids = torch.unique(labels[labels > 0])  # (G,) sorted
+    compact = torch.where(labels > 0, torch.searchsorted(ids, labels) + 1, 0)  # (B, H, W) in 0..G
+    onehot = torch.nn.functional.one_hot(compact, len(ids) + 1)[..., 1:]  # (B, H, W, G)
+    return onehot.permute(0, 3, 1, 2).to(torch.float32)
 
 
 def mse(image: Tensor, recon: Tensor) -> Tensor:

@@ -53,6 +53,14 @@ def data_splits(workdir: Path, cfg: ExperimentConfig, data: str | None, val_data
     kept in ``WORKDIR/data.json`` so that ``--resume`` reads the same data without repeating them."""
     from slotlab.data.specs import load_scenes, training_specs
 
+    task = get_task(cfg)
+    if task.data_spec is not None:  # the spec names the dataset in the config (features task: coco:DIR, voc:DIR)
+        if val_data is not None:
+            raise ValueError(f"--val-data: a {task.name} run takes its validation images from its dataset "
+                             "(docs/real_world.md)")
+        if data is not None:
+            task.data_spec(cfg.data, data)
+        return None
     record = Path(workdir) / "data.json"
     if data is None and resume and record.is_file():
         data, val_data = (json.loads(record.read_text())[key] for key in ("data", "val_data"))
@@ -114,7 +122,7 @@ def resolve_data(spec: str, cfg: ExperimentConfig):
     TFRecord, e.g. ``tetrominoes:tetrominoes_train.tfrecords@test``)."""
     task = get_task(cfg)
     if spec in ("test", "val", "train"):
-        return task.build_splits(cfg.data)[spec]
+        return task.splits(cfg)[spec]
     if not task.scene_specs:
         raise ValueError(f"--data {spec!r}: a {task.name} run uses 'test', 'val' or 'train' (its data config "
                          "names the dataset)")

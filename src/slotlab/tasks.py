@@ -10,6 +10,8 @@ test its name.
 - ``set_prediction``: Hungarian Huber loss, evaluated by AP at five distance thresholds, best = mean AP;
 - ``video`` (SAVi): MSE of the frames (or of the flow picture) on short clips, evaluated on whole videos by video
   FG-ARI / ARI / per-frame FG-ARI / mBO, best = video FG-ARI.
+- ``features`` (DINOSAUR, Seitzer et al. 2023): the model reads a frozen ViT's features (cached on disk) instead of
+  the image, MSE on the features, evaluated by FG-ARI / mBO / class mBO at image resolution, best = FG-ARI.
 
 A new task is one more entry in :data:`TASKS`; a config selects it with ``model.task`` (``model.kind`` in config
 files written by earlier versions, accepted as an alias).
@@ -58,10 +60,18 @@ class Task:
     forward: Callable = field(default=lambda model, batch: model(batch["image"]), kw_only=True)  # (model, batch)
     #                         -> the outputs that ``loss`` reads
     input_key: str = field(default="image", kw_only=True)  # the batch entry of the model's main input (device)
+    model_splits: Callable | None = field(default=None, kw_only=True)  # ExperimentConfig -> splits, for data that
+    #                         depend on the model (the features task's backbone); used instead of build_splits
+    data_spec: Callable | None = field(default=None, kw_only=True)  # (DataConfig, --data spec) -> None: the
+    #                         spec names the dataset in the config (features: coco:DIR, voc:DIR, folder:DIR)
 
     def build_model(self, cfg: ExperimentConfig | ModelConfig) -> nn.Module:
         """The task's network for ``cfg`` (an experiment or its model section)."""
         return self.model(cfg.model if isinstance(cfg, ExperimentConfig) else cfg)
+
+    def splits(self, cfg: ExperimentConfig) -> dict:
+        """The train / val / test splits of ``cfg``."""
+        return self.model_splits(cfg) if self.model_splits is not None else self.build_splits(cfg.data)
 
 
 def _reconstruction_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
@@ -70,6 +80,48 @@ def _reconstruction_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> Te
 
 def _set_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
     return hungarian_huber_loss(out["pred"], batch["target"])
+
+
+def _feature_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+    from slotlab.nn.dinosaur import feature_loss
+
+    return feature_loss(out, batch["features"])
+
+
+def _feature_splits(cfg: ExperimentConfig) -> dict:
+    from slotlab.data.features import build_feature_splits
+
+    return build_feature_splits(cfg)
+
+
+def _no_data_only_splits(data) -> dict:
+    raise ValueError("the features task's data depend on its backbone: build them with Task.splits(cfg)")
+
+
+def _feature_data_spec(data, spec: str) -> None:
+    kind, _, path = spec.partition(":")
+    if kind not in ("coco", "voc", "folder") or not path:
+        raise ValueError(f"--data {spec!r}: the features task reads coco:DIR, voc:DIR or folder:DIR "
+                         "(docs/real_world.md)")
+    data.name, data.path = kind, path
+
+
+def _evaluate_features(model: nn.Module, split, **kwargs) -> dict:
+    from slotlab.evaluate_features import evaluate_features
+
+    return evaluate_features(model, split, **kwargs)
+
+
+def _format_features(result: dict) -> str:
+    from slotlab.evaluate_features import format_feature_metrics
+
+    return format_feature_metrics(result)
+
+
+def _build_dinosaur(cfg: ModelConfig) -> nn.Module:
+    from slotlab.nn.dinosaur import build_dinosaur
+
+    return build_dinosaur(cfg)
 
 
 def _random_images(cfg: ModelConfig, batch_size: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
@@ -132,6 +184,12 @@ TASKS: dict[str, Task] = {
         format_video_metrics, "fg_ari", model=SAVi, forward=_video_forward, input_key="video",
         curves={"fg_ari": "video FG-ARI", "ari": "video ARI", "mbo": "video mBO", "frame_fg_ari": "per-frame FG-ARI"},
         draw=_draw_videos),
+    "features": Task(
+        "features", _no_data_only_splits, lambda split, index: split.batch(index), _feature_loss,
+        _evaluate_features, _format_features, "fg_ari", model=_build_dinosaur,
+        curves={"fg_ari": "FG-ARI", "mbo": "mBO", "mbo_c": "class mBO"}, input_key="features",
+        forward=lambda model, batch: model(batch["features"]), model_splits=_feature_splits,
+        data_spec=_feature_data_spec),
 }
 
 

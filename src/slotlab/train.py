@@ -140,10 +140,10 @@ def _train(cfg: ExperimentConfig, workdir: Path, resume: bool, progress: bool, s
     task = get_task(cfg)
     if splits is None:  # under torchrun rank 0 generates (and caches) the built-in data first, the others read it
         if dist.main:
-            splits = task.build_splits(cfg.data)
+            splits = task.splits(cfg)
         dist.barrier()
         if not dist.main:
-            splits = task.build_splits(cfg.data)
+            splits = task.splits(cfg)
     train_set, val_set = splits["train"], splits["val"]
     if train_set.resolution != cfg.model.resolution:
         raise ValueError(f"data is {train_set.resolution}px but model.resolution={cfg.model.resolution}")
