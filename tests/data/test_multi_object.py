@@ -273,10 +273,16 @@ def test_train_and_eval_on_tfrecord_data_from_the_cli(tmp_path, capsys, caplog):
     assert main(["train", "--experiment", "tiny", "--workdir", str(run), "--no-progress", "--data", f"{data}@0:8",
                  "--set", "data.val_size=2"]) == 0
     assert json.loads((run / "data.json").read_text())["data"] == f"{data}@0:8"
-    (run / "data.json").write_text(json.dumps({"data": f"{data}@0:4", "val_data": f"{data}@4:5"}))
     assert main(["train", "--experiment", "tiny", "--workdir", str(run), "--no-progress", "--resume",
-                 "--set", "train.steps=5"]) == 0  # --resume reads the specs from data.json
+                 "--set", "train.steps=5"]) == 0  # --resume reads the specs it was trained on
+    assert f"training on {data}@0:8" in caplog.text
+    resume = ["train", "--experiment", "tiny", "--workdir", str(run), "--no-progress", "--resume",
+              "--set", "train.steps=6", "--data", f"{data}@0:4", "--val-data", f"{data}@4:5"]
+    assert main(resume) == 2  # other data: only when asked for
+    assert "--allow-change data" in capsys.readouterr().err
+    assert main([*resume, "--allow-change", "data"]) == 0
     assert f"training on {data}@0:4, validating on {data}@4:5" in caplog.text
+    assert json.loads((run / "data.json").read_text())["data"] == f"{data}@0:4"
     assert main(["eval", "--workdir", str(run), "--data", f"{data}@10:12"]) == 0
     out = capsys.readouterr().out
     assert "FG-ARI" in out and "(2 scenes)" in out
