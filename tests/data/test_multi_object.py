@@ -293,10 +293,30 @@ def test_train_and_eval_on_tfrecord_data_from_the_cli(tmp_path, capsys, caplog):
 
 
 def test_crc_lanes_match_the_bytewise_crc():
+    from slotlab.data.tfrecord import _crc32c_numpy
+
     rng = np.random.default_rng(0)
-    for n in (5000, 65536, 100_003):
+    for n in (5, 5000, 65536, 100_003):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-        assert crc32c(data) == _crc32c_bytewise(data)
+        assert crc32c(data) == _crc32c_numpy(data) == _crc32c_bytewise(data)
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+def test_crc_backend_without_google_crc32c_is_a_clear_error(monkeypatch):
+    import sys
+
+    from slotlab.data import tfrecord
+
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)  # as if not installed
+    tfrecord._crc32c_backend.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="pip install google-crc32c"):
+            crc32c(b"abc")
+        monkeypatch.setenv("SLOTLAB_CRC32C", "numpy")
+        tfrecord._crc32c_backend.cache_clear()
+        assert crc32c(b"123456789") == 0xE3069283
+    finally:
+        tfrecord._crc32c_backend.cache_clear()
 
 
 def test_file_of_another_kind_is_named(tmp_path):
