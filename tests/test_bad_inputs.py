@@ -19,7 +19,7 @@ def run(tmp_path_factory):
     ("train.log_every=0", "train.log_every must be a positive number, got 0"),
     ("train.checkpoint_every=0", "train.checkpoint_every must be a positive number, got 0"),
     ("train.decay_steps=0", "train.decay_steps must be a positive number, got 0"),
-    ("train.steps=-5", "train.steps must be a positive number, got -5"),
+    ("train.steps=-5", "train.steps must be >= 0, got -5"),
     ("train.lr=-0.01", "train.lr must be a positive number, got -0.01"),
     ("train.batch_size=0", "train.batch_size must be a positive number, got 0"),
     ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
