@@ -138,8 +138,8 @@ class ExperimentConfig:
 
 def validate_train_config(tc: TrainConfig) -> None:
     """Refuse values that would crash later or train the wrong way (a negative lr is gradient ascent)."""
-    positive = {"batch_size": tc.batch_size, "log_every": tc.log_every, "checkpoint_every": tc.checkpoint_every, "decay_steps": tc.decay_steps, "lr": tc.lr,
-                "decay_rate": tc.decay_rate, "adam_eps": tc.adam_eps}
+    positive = {"batch_size": tc.batch_size, "log_every": tc.log_every, "checkpoint_every": tc.checkpoint_every,
+                "decay_steps": tc.decay_steps, "lr": tc.lr, "decay_rate": tc.decay_rate, "adam_eps": tc.adam_eps}
     for key, value in positive.items():
         if not value > 0 or value != value or value == float("inf"):
             raise ValueError(f"train.{key} must be a positive number, got {value!r}")
