@@ -203,3 +203,27 @@ def test_read_only_out_and_cache_dir_are_one_clear_line(tmp_path, read_only, cap
     assert err.count("Read-only file system") == 3 and "Traceback" not in err
     for name in (".d.lock", "run", "cache"):
         assert f"cannot write {read_only / name}" in err, err
+
+
+def test_convert_official_tf_out_is_protected_and_atomic(tmp_path, monkeypatch, capsys):
+    """The converter's --out rules, with the TensorFlow reading replaced by a tiny converted model."""
+    from slotlab.config import apply_overrides
+    from slotlab.experiments import get_experiment
+    from slotlab.interop import official_tf
+    from slotlab.tasks import get_task
+
+    cfg = apply_overrides(get_experiment("tiny"), [])
+    monkeypatch.setattr(official_tf, "read_tf_checkpoint", lambda path: ({}, str(path)))
+    monkeypatch.setattr(official_tf, "convert", lambda *a, **k: (get_task(cfg).build_model(cfg), cfg))
+    src, out = tmp_path / "tf", tmp_path / "run"
+    src.mkdir()
+    convert = ["convert", "official-tf", str(src), "--out", str(out)]
+    assert main(convert) == 0 and (out / "checkpoints" / "best.safetensors").is_file()
+    assert main(["eval", "--workdir", str(out), "--limit", "2"]) == 0
+    assert main(convert) == 2 and "pass --force" in capsys.readouterr().err
+    assert main([*convert, "--force"]) == 0
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("mine")
+    assert main([*convert[:4], str(notes), "--force"]) == 2 and (notes / "a.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "run", "tf"]  # no temporary folder left
