@@ -4,6 +4,7 @@
     slotlab eval  --workdir DIR [--data SPEC] [--num-iters T] [--num-slots K] [--json FILE]
     slotlab data generate NAME --out DIR --num N --seed S [--force]
     slotlab data convert KIND:FILE --out DIR [--start A --stop B] [--force]
+    slotlab data convert-movi RELEASE_DIR --out DIR [--resolution 64] [--splits train validation] [--force]
     slotlab viz   --workdir DIR --out FILE.png|DIR
     slotlab segment (--model NAME | --workdir DIR) IMAGE_OR_DIR... --out OUTDIR [--num-slots K] [--num-iters T]
     slotlab export (--model NAME | --workdir DIR) --data SPEC --out FILE.npz
@@ -93,6 +94,17 @@ def _add_data(sub) -> None:
     c.add_argument("--resolution", type=int, default=None, help="folder:DIR: the side of the square images")
     c.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"], help="folder:DIR: fitting rule")
     c.add_argument("--force", action="store_true", help="replace --out if it is a slotlab cache directory")
+
+
+    mv = dsub.add_parser("convert-movi", help="convert MOVi (Kubric) TFDS shards to video caches, no TensorFlow")
+    mv.add_argument("source", type=Path, help="the release directory holding *-train.tfrecord-* shards")
+    mv.add_argument("--out", required=True, type=Path, help="writes OUT/<split> per split (train with data.path)")
+    mv.add_argument("--splits", nargs="+", default=["train", "validation"])
+    mv.add_argument("--resolution", type=int, default=None, help="downsample frames to this size (SAVi: 64)")
+    mv.add_argument("--max-instances", type=int, default=10, help="objects per video (MOVi-A/B/C: 10; D/E: 23)")
+    mv.add_argument("--limit", type=int, default=None, help="convert only the first N videos of each split")
+    mv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mv.add_argument("--force", action="store_true", help="replace OUT/<split> if it is a slotlab cache directory")
 
 
 def _add_viz_demo(sub) -> None:
@@ -290,6 +302,18 @@ def _dispatch(args) -> int:
             check_output(args.out, "cache", args.force, sources=(args.spec[len("folder:"):].split("@")[0],))
             path = convert_folder(args.spec, args.out, args.resolution, args.resize, not args.no_progress)
         print(f"wrote {path}")
+        return 0
+    if args.command == "data" and args.data_command == "convert-movi":
+        from slotlab.data.movi import convert_movi
+        from slotlab.rundir import check_output, output_lock
+
+        for split in args.splits:
+            with output_lock(args.out / split):  # the --out rules of every converter
+                check_output(args.out / split, "cache", args.force, sources=(args.source,))
+                path = convert_movi(args.source, args.out / split, split, resolution=args.resolution,
+                                    max_instances=args.max_instances, limit=args.limit,
+                                    progress=not args.no_progress)
+            print(f"wrote {path}")
         return 0
     if args.command == "data" and args.data_command == "convert":
         path = runs.convert_data(args.spec, args.out, args.start, args.stop, not args.no_progress, args.force)
