@@ -242,31 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from slotlab import runs
 
-    if args.command == "bench" and args.bench_command == "train":
-        from slotlab.bench import train_step
-
-        cases = [train_step.parse_case(spec, args.batch) for spec in args.presets]
-        rows = train_step.bench_train(cases, args.threads, args.rounds, not args.no_memory, not args.no_keras)
-        print(train_step.format_train_table(rows))
-        return 0
-    if args.command == "bench" and args.bench_command == "gpu":
-        from slotlab.bench import gpu
-
-        cases = [gpu.parse_case(spec, args.batch) for spec in args.presets]
-        modes = args.modes or gpu.DEFAULT_MODES
-        results = gpu.bench_gpu(cases, modes, args.steps, args.rounds, args.warmup, not args.no_parity,
-                                      args.profile)
-        print(gpu.format_gpu_tables(results))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1) + "\n")
-        return 0
     if args.command == "bench":
-        from slotlab.bench import module
-
-        shapes = [module.parse_shape(spec) for spec in args.shapes]
-        rows = module.bench_module(shapes, args.threads, args.rounds, memory=not args.no_memory)
-        print(module.format_module_table(rows))
-        return 0
+        return _bench(args)
     if args.command == "experiments":
         from slotlab.experiments import EXPERIMENTS
 
@@ -279,50 +256,9 @@ def _dispatch(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "eval":
-        json_out = runs.output_file(args.json, "metrics.json", "eval --json") if args.json else None
-        result = runs.eval_run(_model_dir(args), args.data, args.checkpoint, args.num_slots, args.num_iters,
-                               args.batch_size, args.limit, args.device)
-        from slotlab.tasks import get_task
-
-        print(get_task(runs.load_run_config(_model_dir(args))).format(result))
-        if json_out:
-            from slotlab.rundir import atomic_write
-
-            atomic_write(json_out, json.dumps(result, indent=2) + "\n")
-            print(f"wrote {json_out}")
-        return 0
-    if args.command == "data" and args.data_command == "convert" and args.spec.startswith("folder:"):
-        from slotlab.data.folder_convert import convert_folder
-
-        if args.resolution is None:
-            raise ValueError("data convert folder:DIR needs --resolution R (the model's image side)")
-        from slotlab.rundir import check_output, output_lock
-
-        with output_lock(args.out):  # the --out rules of every converter (slotlab.rundir.check_output)
-            check_output(args.out, "cache", args.force, sources=(args.spec[len("folder:"):].split("@")[0],))
-            path = convert_folder(args.spec, args.out, args.resolution, args.resize, not args.no_progress)
-        print(f"wrote {path}")
-        return 0
-    if args.command == "data" and args.data_command == "convert-movi":
-        from slotlab.data.movi import convert_movi
-        from slotlab.rundir import check_output, output_lock
-
-        for split in args.splits:
-            with output_lock(args.out / split):  # the --out rules of every converter
-                check_output(args.out / split, "cache", args.force, sources=(args.source,))
-                path = convert_movi(args.source, args.out / split, split, resolution=args.resolution,
-                                    max_instances=args.max_instances, limit=args.limit,
-                                    progress=not args.no_progress)
-            print(f"wrote {path}")
-        return 0
-    if args.command == "data" and args.data_command == "convert":
-        path = runs.convert_data(args.spec, args.out, args.start, args.stop, not args.no_progress, args.force)
-        print(f"wrote {path}")
-        return 0
+        return _eval(args)
     if args.command == "data":
-        path = runs.generate_data(args.name, args.out, args.num, args.seed, args.start, args.force)
-        print(f"wrote {args.num} {args.name} scenes to {path}")
-        return 0
+        return _data(args)
     if args.command == "viz":
         pictures = runs.viz_run(_model_dir(args), args.out, args.num_scenes, args.checkpoint, args.data)
         print("wrote " + ", ".join(str(path) for path in pictures))
@@ -354,6 +290,89 @@ def _dispatch(args) -> int:
         print(f"wrote {out}: evaluate with `slotlab eval --workdir {out}`")
         return 0
     raise ValueError(f"unknown command {args.command}")
+
+
+def _bench(args) -> int:
+    """slotlab bench module | train | gpu: print the tables."""
+    if args.bench_command == "train":
+        from slotlab.bench import train_step
+
+        cases = [train_step.parse_case(spec, args.batch) for spec in args.presets]
+        rows = train_step.bench_train(cases, args.threads, args.rounds, not args.no_memory, not args.no_keras)
+        print(train_step.format_train_table(rows))
+        return 0
+    if args.bench_command == "gpu":
+        from slotlab.bench import gpu
+
+        cases = [gpu.parse_case(spec, args.batch) for spec in args.presets]
+        modes = args.modes or gpu.DEFAULT_MODES
+        results = gpu.bench_gpu(cases, modes, args.steps, args.rounds, args.warmup, not args.no_parity,
+                                      args.profile)
+        print(gpu.format_gpu_tables(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+        return 0
+    from slotlab.bench import module
+
+    shapes = [module.parse_shape(spec) for spec in args.shapes]
+    rows = module.bench_module(shapes, args.threads, args.rounds, memory=not args.no_memory)
+    print(module.format_module_table(rows))
+    return 0
+
+
+def _eval(args) -> int:
+    """slotlab eval: the metrics line, and --json FILE|DIR (checked before the evaluation)."""
+    from slotlab import runs
+
+    json_out = runs.output_file(args.json, "metrics.json", "eval --json") if args.json else None
+    result = runs.eval_run(_model_dir(args), args.data, args.checkpoint, args.num_slots, args.num_iters,
+                           args.batch_size, args.limit, args.device)
+    from slotlab.tasks import get_task
+
+    print(get_task(runs.load_run_config(_model_dir(args))).format(result))
+    if json_out:
+        from slotlab.rundir import atomic_write
+
+        atomic_write(json_out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {json_out}")
+    return 0
+
+
+def _data(args) -> int:
+    """slotlab data generate | convert | convert-movi, each under the --out rules (slotlab.rundir)."""
+    from slotlab import runs
+
+    if args.data_command == "convert" and args.spec.startswith("folder:"):
+        from slotlab.data.folder_convert import convert_folder
+
+        if args.resolution is None:
+            raise ValueError("data convert folder:DIR needs --resolution R (the model's image side)")
+        from slotlab.rundir import check_output, output_lock
+
+        with output_lock(args.out):  # the --out rules of every converter (slotlab.rundir.check_output)
+            check_output(args.out, "cache", args.force, sources=(args.spec[len("folder:"):].split("@")[0],))
+            path = convert_folder(args.spec, args.out, args.resolution, args.resize, not args.no_progress)
+        print(f"wrote {path}")
+        return 0
+    if args.data_command == "convert-movi":
+        from slotlab.data.movi import convert_movi
+        from slotlab.rundir import check_output, output_lock
+
+        for split in args.splits:
+            with output_lock(args.out / split):  # the --out rules of every converter
+                check_output(args.out / split, "cache", args.force, sources=(args.source,))
+                path = convert_movi(args.source, args.out / split, split, resolution=args.resolution,
+                                    max_instances=args.max_instances, limit=args.limit,
+                                    progress=not args.no_progress)
+            print(f"wrote {path}")
+        return 0
+    if args.data_command == "convert":
+        path = runs.convert_data(args.spec, args.out, args.start, args.stop, not args.no_progress, args.force)
+        print(f"wrote {path}")
+        return 0
+    path = runs.generate_data(args.name, args.out, args.num, args.seed, args.start, args.force)
+    print(f"wrote {args.num} {args.name} scenes to {path}")
+    return 0
 
 
 def _segment_or_export(args) -> int:
