@@ -143,3 +143,26 @@ def test_train_device_is_resolved_or_rejected_clearly(monkeypatch):
     for bad in ("gpu0", "tpu", "cuda:x"):
         with pytest.raises(ValueError, match="train.device must be"):
             resolve_device(bad)
+
+
+def test_num_threads_zero_respects_omp_num_threads_and_affinity(monkeypatch):
+    from slotlab.train import available_cores, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        set_threads(0)
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
+        monkeypatch.setattr(os, "cpu_count", lambda: 64)
+        assert available_cores() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_budgeted_progress_bar_counts_minutes_with_the_step_beside(tmp_path, capsys):
+    train(tiny("train.steps=100000", "train.max_minutes=0.002", "train.eval_every=0"), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "0.002 min" in err and "step=" in err and "/100000" in err
+    assert "100000 [" not in err  # no step-limit bar (and its hours-long ETA)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -35,10 +35,18 @@ def build_checked(cfg: ExperimentConfig, weights: str | Path) -> nn.Module:
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"weights not found: {weights}")
+    from slotlab.checkpoint import CheckpointError, verify_tensors
+
     try:
-        tensors = {k[len("model."):]: v for k, v in load_file(str(weights)).items() if k.startswith("model.")}
+        everything = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+        verify_tensors(weights, everything, metadata)  # digests (when present) and finiteness
+    except CheckpointError:
+        raise
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{weights}: corrupt or not a slotlab weights file: {err}") from err
+    tensors = {k[len("model."):]: v for k, v in everything.items() if k.startswith("model.")}
     from slotlab.tasks import build_model
 
     model = build_model(cfg.model)

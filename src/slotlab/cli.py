@@ -1,11 +1,11 @@
 """The ``slotlab`` command line: argument parsing only; the work is done by the library modules.
 
-    slotlab train --experiment NAME --workdir DIR [--set key=value ...] [--resume]
+    slotlab train --experiment NAME --workdir DIR [--set key=value ...] [--resume [--allow-change K|T|data]]
     slotlab eval  --workdir DIR [--data SPEC] [--num-iters T] [--num-slots K] [--json FILE]
-    slotlab data generate NAME --out DIR --num N --seed S
-    slotlab data convert KIND:FILE --out DIR [--start A --stop B]
-    slotlab data convert-movi RELEASE_DIR --out DIR [--resolution 64] [--splits train validation]
-    slotlab viz   --workdir DIR --out FILE.png
+    slotlab data generate NAME --out DIR --num N --seed S [--force]
+    slotlab data convert KIND:FILE --out DIR [--start A --stop B] [--force]
+    slotlab data convert-movi RELEASE_DIR --out DIR [--resolution 64] [--splits train validation] [--force]
+    slotlab viz   --workdir DIR --out FILE.png|DIR
     slotlab segment (--model NAME | --workdir DIR) IMAGE_OR_DIR... --out OUTDIR [--num-slots K] [--num-iters T]
     slotlab export (--model NAME | --workdir DIR) --data SPEC --out FILE.npz
     slotlab zoo list | zoo add RUN_DIR --name NAME
@@ -15,7 +15,7 @@
     slotlab bench module [--threads 1 2] [--rounds R] [--shapes clevr6 ... | BxNxDxK ...]
     slotlab bench gpu [--presets clevr6:64 multi_dsprites:64] [--modes ...] [--profile MODE ...] [--json FILE]
     slotlab bench train [--presets tetrominoes multi_dsprites clevr6:2 ...] [--threads 1 2] [--rounds R] [--batch B]
-    slotlab convert official-tf CHECKPOINT_DIR --out DIR [--task discovery|set]
+    slotlab convert official-tf CHECKPOINT_DIR --out DIR [--task discovery|set] [--force]
 """
 
 from __future__ import annotations
@@ -36,7 +36,12 @@ from pathlib import Path  # noqa: E402
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slotlab", description="Slot Attention toolkit: train, evaluate, visualise.")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_eval, _add_data, _add_viz_demo, _add_bench, _add_convert):
+        add(sub)
+    return p
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train an experiment preset")
     t.add_argument("--experiment", required=True, help="preset name (see `slotlab experiments`)")
     t.add_argument("--workdir", required=True, type=Path, help="run directory (created)")
@@ -44,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set train.lr=1e-3 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--allow-change", action="append", default=[], metavar="K|T|data",
+                   help="with --resume: accept a change of the number of slots (K), iterations (T) or the data "
+                        "(recorded in history.jsonl; repeatable). Other model changes are refused")
     t.add_argument("--data", default=None, metavar="SPEC",
                    help="train on KIND:FILE[@A:B] (a multi_object_datasets TFRecord; default range: the paper's "
                         "first 60K/70K records) or cache:DIR instead of the built-in data (docs/datasets.md); "
@@ -51,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--val-data", default=None, metavar="SPEC",
                    help="validation data (default: the data.val_size scenes after the training range)")
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a trained run: FG-ARI, ARI, mBO, MSE (set prediction: AP table)")
     _model_args(e)
     e.add_argument("--data", default="test",
@@ -64,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N or auto")
     e.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
 
+
+def _add_data(sub) -> None:
     d = sub.add_parser("data", help="built-in datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     g = dsub.add_parser("generate", help="generate a built-in dataset into a cache directory")
@@ -72,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num", required=True, type=int)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--start", type=int, default=0)
+    g.add_argument("--force", action="store_true", help="replace --out if it is a slotlab cache directory")
     c = dsub.add_parser("convert", help="convert a TFRecord range to a fast local cache directory")
     c.add_argument("spec", help="KIND:FILE[@A:B], e.g. tetrominoes:tetrominoes_train.tfrecords@train, or "
                                 "folder:DIR[@split] (then --resolution)")
@@ -81,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--resolution", type=int, default=None, help="folder:DIR: the side of the square images")
     c.add_argument("--resize", default="crop", choices=["crop", "pad", "stretch"], help="folder:DIR: fitting rule")
+    c.add_argument("--force", action="store_true", help="replace --out if it is a slotlab cache directory")
+
 
     mv = dsub.add_parser("convert-movi", help="convert MOVi (Kubric) TFDS shards to video caches, no TensorFlow")
     mv.add_argument("source", type=Path, help="the release directory holding *-train.tfrecord-* shards")
@@ -90,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     mv.add_argument("--max-instances", type=int, default=10, help="objects per video (MOVi-A/B/C: 10; D/E: 23)")
     mv.add_argument("--limit", type=int, default=None, help="convert only the first N videos of each split")
     mv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mv.add_argument("--force", action="store_true", help="replace OUT/<split> if it is a slotlab cache directory")
 
+
+def _add_viz_demo(sub) -> None:
     v = sub.add_parser("viz", help="draw inputs, reconstructions, per-slot masks and attention")
     _model_args(v)
     v.add_argument("--out", required=True, type=Path)
@@ -138,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("experiments", help="list the presets")
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks that print markdown tables (never pass/fail)")
     bsub = b.add_subparsers(dest="bench_command", required=True)
     bm = bsub.add_parser("module", help="Slot Attention forward+backward: slotlab fast / plain / slot-attention")
@@ -167,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     bg.add_argument("--no-parity", action="store_true", help="skip the reconstruction parity table")
     bg.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
 
+
+def _add_convert(sub) -> None:
     c = sub.add_parser("convert", help="convert released checkpoints into a slotlab run directory")
     csub = c.add_subparsers(dest="convert_command", required=True)
     o = csub.add_parser("official-tf", help="google-research/slot_attention TF2 checkpoints (needs slotlab[tf])")
@@ -175,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--task", choices=["discovery", "set"], default=None, help="default: detect from the variables")
     o.add_argument("--num-slots", type=int, default=None, help="K (not stored in checkpoints; official 7 / 10)")
     o.add_argument("--resolution", type=int, default=128, help="image size (not stored in checkpoints)")
-    return p
+    o.add_argument("--force", action="store_true", help="replace --out if it is a slotlab run directory")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -194,15 +216,26 @@ def _model_dir(args) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error a user can cause ends in one line on stderr (no traceback) and an exit status:
+    2 bad input or a refusal, 1 a failed run (a non-finite loss, a locked run, a full disk), 128 + N a signal."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from slotlab.train import TrainingInterrupted
+
     try:
         return _dispatch(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError) as err:
+    except TrainingInterrupted as err:  # Ctrl-C or SIGTERM: a checkpoint was written
+        print(f"slotlab {args.command}: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt:
+        print(f"slotlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
+            IsADirectoryError, NotADirectoryError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"slotlab {args.command}: error: {msg}", file=sys.stderr)
         return 2
-    except RuntimeError as err:  # e.g. NonFiniteLossError
+    except (RuntimeError, OSError) as err:  # e.g. NonFiniteLossError, LockedError, WriteError (disk full)
         print(f"slotlab {args.command}: error: {err}", file=sys.stderr)
         return 1
 
@@ -210,31 +243,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from slotlab import runs
 
-    if args.command == "bench" and args.bench_command == "train":
-        from slotlab.bench import train_step
-
-        cases = [train_step.parse_case(spec, args.batch) for spec in args.presets]
-        rows = train_step.bench_train(cases, args.threads, args.rounds, not args.no_memory, not args.no_keras)
-        print(train_step.format_train_table(rows))
-        return 0
-    if args.command == "bench" and args.bench_command == "gpu":
-        from slotlab.bench import gpu
-
-        cases = [gpu.parse_case(spec, args.batch) for spec in args.presets]
-        modes = args.modes or gpu.DEFAULT_MODES
-        results = gpu.bench_gpu(cases, modes, args.steps, args.rounds, args.warmup, not args.no_parity,
-                                      args.profile)
-        print(gpu.format_gpu_tables(results))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1) + "\n")
-        return 0
     if args.command == "bench":
-        from slotlab.bench import module
-
-        shapes = [module.parse_shape(spec) for spec in args.shapes]
-        rows = module.bench_module(shapes, args.threads, args.rounds, memory=not args.no_memory)
-        print(module.format_module_table(rows))
-        return 0
+        return _bench(args)
     if args.command == "experiments":
         from slotlab.experiments import EXPERIMENTS
 
@@ -243,43 +253,13 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "train":
         result = runs.train_run(args.experiment, args.workdir, args.overrides, args.resume, not args.no_progress,
-                                args.data, args.val_data)
+                                args.data, args.val_data, args.allow_change)
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "eval":
-        result = runs.eval_run(_model_dir(args), args.data, args.checkpoint, args.num_slots, args.num_iters,
-                               args.batch_size, args.limit, args.device)
-        from slotlab.tasks import get_task
-
-        print(get_task(runs.load_run_config(_model_dir(args))).format(result))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-        return 0
-    if args.command == "data" and args.data_command == "convert" and args.spec.startswith("folder:"):
-        from slotlab.data.folder_convert import convert_folder
-
-        if args.resolution is None:
-            raise ValueError("data convert folder:DIR needs --resolution R (the model's image side)")
-        path = convert_folder(args.spec, args.out, args.resolution, args.resize, not args.no_progress)
-        print(f"wrote {path}")
-        return 0
-    if args.command == "data" and args.data_command == "convert-movi":
-        from slotlab.data.movi import convert_movi
-
-        for split in args.splits:
-            path = convert_movi(args.source, args.out / split, split, resolution=args.resolution,
-                                max_instances=args.max_instances, limit=args.limit, progress=not args.no_progress)
-            print(f"wrote {path}")
-        return 0
-    if args.command == "data" and args.data_command == "convert":
-        path = runs.convert_data(args.spec, args.out, args.start, args.stop, not args.no_progress)
-        print(f"wrote {path}")
-        return 0
+        return _eval(args)
     if args.command == "data":
-        path = runs.generate_data(args.name, args.out, args.num, args.seed, args.start)
-        print(f"wrote {args.num} {args.name} scenes to {path}")
-        return 0
+        return _data(args)
     if args.command == "viz":
         pictures = runs.viz_run(_model_dir(args), args.out, args.num_scenes, args.checkpoint, args.data)
         print("wrote " + ", ".join(str(path) for path in pictures))
@@ -306,10 +286,94 @@ def _dispatch(args) -> int:
     if args.command == "convert":
         from slotlab.interop.official_tf import convert_official_tf
 
-        out = convert_official_tf(args.checkpoint, args.out, args.task, args.num_slots, args.resolution)
+        out = convert_official_tf(args.checkpoint, args.out, args.task, args.num_slots, args.resolution,
+                                  args.force)
         print(f"wrote {out}: evaluate with `slotlab eval --workdir {out}`")
         return 0
     raise ValueError(f"unknown command {args.command}")
+
+
+def _bench(args) -> int:
+    """slotlab bench module | train | gpu: print the tables."""
+    if args.bench_command == "train":
+        from slotlab.bench import train_step
+
+        cases = [train_step.parse_case(spec, args.batch) for spec in args.presets]
+        rows = train_step.bench_train(cases, args.threads, args.rounds, not args.no_memory, not args.no_keras)
+        print(train_step.format_train_table(rows))
+        return 0
+    if args.bench_command == "gpu":
+        from slotlab.bench import gpu
+
+        cases = [gpu.parse_case(spec, args.batch) for spec in args.presets]
+        modes = args.modes or gpu.DEFAULT_MODES
+        results = gpu.bench_gpu(cases, modes, args.steps, args.rounds, args.warmup, not args.no_parity,
+                                      args.profile)
+        print(gpu.format_gpu_tables(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+        return 0
+    from slotlab.bench import module
+
+    shapes = [module.parse_shape(spec) for spec in args.shapes]
+    rows = module.bench_module(shapes, args.threads, args.rounds, memory=not args.no_memory)
+    print(module.format_module_table(rows))
+    return 0
+
+
+def _eval(args) -> int:
+    """slotlab eval: the metrics line, and --json FILE|DIR (checked before the evaluation)."""
+    from slotlab import runs
+
+    json_out = runs.output_file(args.json, "metrics.json", "eval --json") if args.json else None
+    result = runs.eval_run(_model_dir(args), args.data, args.checkpoint, args.num_slots, args.num_iters,
+                           args.batch_size, args.limit, args.device)
+    from slotlab.tasks import get_task
+
+    print(get_task(runs.load_run_config(_model_dir(args))).format(result))
+    if json_out:
+        from slotlab.rundir import atomic_write
+
+        atomic_write(json_out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {json_out}")
+    return 0
+
+
+def _data(args) -> int:
+    """slotlab data generate | convert | convert-movi, each under the --out rules (slotlab.rundir)."""
+    from slotlab import runs
+
+    if args.data_command == "convert" and args.spec.startswith("folder:"):
+        from slotlab.data.folder_convert import convert_folder
+
+        if args.resolution is None:
+            raise ValueError("data convert folder:DIR needs --resolution R (the model's image side)")
+        from slotlab.rundir import check_output, output_lock
+
+        with output_lock(args.out):  # the --out rules of every converter (slotlab.rundir.check_output)
+            check_output(args.out, "cache", args.force, sources=(args.spec[len("folder:"):].split("@")[0],))
+            path = convert_folder(args.spec, args.out, args.resolution, args.resize, not args.no_progress)
+        print(f"wrote {path}")
+        return 0
+    if args.data_command == "convert-movi":
+        from slotlab.data.movi import convert_movi
+        from slotlab.rundir import check_output, output_lock
+
+        for split in args.splits:
+            with output_lock(args.out / split):  # the --out rules of every converter
+                check_output(args.out / split, "cache", args.force, sources=(args.source,))
+                path = convert_movi(args.source, args.out / split, split, resolution=args.resolution,
+                                    max_instances=args.max_instances, limit=args.limit,
+                                    progress=not args.no_progress)
+            print(f"wrote {path}")
+        return 0
+    if args.data_command == "convert":
+        path = runs.convert_data(args.spec, args.out, args.start, args.stop, not args.no_progress, args.force)
+        print(f"wrote {path}")
+        return 0
+    path = runs.generate_data(args.name, args.out, args.num, args.seed, args.start, args.force)
+    print(f"wrote {args.num} {args.name} scenes to {path}")
+    return 0
 
 
 def _segment_or_export(args) -> int:

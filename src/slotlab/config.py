@@ -131,7 +131,29 @@ class ExperimentConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config not found: {path} (is this a slotlab run directory?)")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            content = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"config {path} is corrupt or truncated ({err}); expected the JSON that slotlab "
+                             "wrote there") from None
+        if not isinstance(content, dict):
+            raise ValueError(f"config {path} is not a slotlab config (expected a JSON object)")
+        return cls.from_dict(content)
+
+
+def validate_train_config(tc: TrainConfig) -> None:
+    """Refuse values that would crash later or train the wrong way (a negative lr is gradient ascent)."""
+    positive = {"batch_size": tc.batch_size, "log_every": tc.log_every, "checkpoint_every": tc.checkpoint_every,
+                "decay_steps": tc.decay_steps, "lr": tc.lr, "decay_rate": tc.decay_rate, "adam_eps": tc.adam_eps}
+    for key, value in positive.items():
+        if not value > 0 or value != value or value == float("inf"):
+            raise ValueError(f"train.{key} must be a positive number, got {value!r}")
+    not_negative = {"steps": tc.steps, "warmup_steps": tc.warmup_steps, "eval_every": tc.eval_every,
+                    "max_minutes": tc.max_minutes, "eval_every_minutes": tc.eval_every_minutes,
+                    "grad_clip": tc.grad_clip, "num_threads": tc.num_threads}
+    for key, value in not_negative.items():
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"train.{key} must be >= 0, got {value!r}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from slotlab.config import ExperimentConfig
+from slotlab.rundir import RunDir, atomic_write
 from slotlab.tasks import get_task
 from slotlab.viz import read_metrics, save_curves
 
@@ -51,7 +51,7 @@ def write_report(workdir: Path, pictures: dict[Path, str] | None = None, compari
     shown in a section of its own. The test line is ``test_metrics.json`` when present, in the task's
     format; the validation table has the task's curve metrics (:class:`slotlab.tasks.Task`)."""
     workdir = Path(workdir)
-    cfg = ExperimentConfig.load(workdir / "config.json")
+    cfg = RunDir(workdir).load_config()
     task = get_task(cfg)
     save_curves(workdir, workdir / "curves.png", task.curves)
     if pictures is None:
@@ -85,5 +85,5 @@ def write_report(workdir: Path, pictures: dict[Path, str] | None = None, compari
 </body></html>
 """
     out = workdir / "report.html"
-    out.write_text(page)
+    atomic_write(out, page)
     return out

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -104,7 +103,9 @@ def save_attention_figure(model: nn.Module, scenes: SceneSet, out: Path, index: 
 
 def read_metrics(workdir: Path) -> tuple[list[dict], list[dict]]:
     """(train rows, val rows) of ``metrics.jsonl``."""
-    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines() if line]
+    from slotlab.rundir import RunDir
+
+    rows = RunDir(workdir).read_metrics()
     return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "val"]
 
 

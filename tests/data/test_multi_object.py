@@ -273,10 +273,16 @@ def test_train_and_eval_on_tfrecord_data_from_the_cli(tmp_path, capsys, caplog):
     assert main(["train", "--experiment", "tiny", "--workdir", str(run), "--no-progress", "--data", f"{data}@0:8",
                  "--set", "data.val_size=2"]) == 0
     assert json.loads((run / "data.json").read_text())["data"] == f"{data}@0:8"
-    (run / "data.json").write_text(json.dumps({"data": f"{data}@0:4", "val_data": f"{data}@4:5"}))
     assert main(["train", "--experiment", "tiny", "--workdir", str(run), "--no-progress", "--resume",
-                 "--set", "train.steps=5"]) == 0  # --resume reads the specs from data.json
+                 "--set", "train.steps=5"]) == 0  # --resume reads the specs it was trained on
+    assert f"training on {data}@0:8" in caplog.text
+    resume = ["train", "--experiment", "tiny", "--workdir", str(run), "--no-progress", "--resume",
+              "--set", "train.steps=6", "--data", f"{data}@0:4", "--val-data", f"{data}@4:5"]
+    assert main(resume) == 2  # other data: only when asked for
+    assert "--allow-change data" in capsys.readouterr().err
+    assert main([*resume, "--allow-change", "data"]) == 0
     assert f"training on {data}@0:4, validating on {data}@4:5" in caplog.text
+    assert json.loads((run / "data.json").read_text())["data"] == f"{data}@0:4"
     assert main(["eval", "--workdir", str(run), "--data", f"{data}@10:12"]) == 0
     out = capsys.readouterr().out
     assert "FG-ARI" in out and "(2 scenes)" in out
@@ -287,10 +293,30 @@ def test_train_and_eval_on_tfrecord_data_from_the_cli(tmp_path, capsys, caplog):
 
 
 def test_crc_lanes_match_the_bytewise_crc():
+    from slotlab.data.tfrecord import _crc32c_numpy
+
     rng = np.random.default_rng(0)
-    for n in (5000, 65536, 100_003):
+    for n in (5, 5000, 65536, 100_003):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-        assert crc32c(data) == _crc32c_bytewise(data)
+        assert crc32c(data) == _crc32c_numpy(data) == _crc32c_bytewise(data)
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+
+
+def test_crc_backend_without_google_crc32c_is_a_clear_error(monkeypatch):
+    import sys
+
+    from slotlab.data import tfrecord
+
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)  # as if not installed
+    tfrecord._crc32c_backend.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="pip install google-crc32c"):
+            crc32c(b"abc")
+        monkeypatch.setenv("SLOTLAB_CRC32C", "numpy")
+        tfrecord._crc32c_backend.cache_clear()
+        assert crc32c(b"123456789") == 0xE3069283
+    finally:
+        tfrecord._crc32c_backend.cache_clear()
 
 
 def test_file_of_another_kind_is_named(tmp_path):

@@ -107,14 +107,19 @@ def _write_meta(directory: Path, meta: dict) -> None:
         f.write("\n")
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished directory ``tmp`` to ``final``, replacing an existing ``final`` if there is one."""
+def _replace_dir(tmp: Path, final: Path, kind: str = "cache") -> None:
+    """Move the finished directory ``tmp`` to ``final``, replacing an existing ``final`` only if it is a slotlab
+    cache (never a folder of anything else: the caller checks --out first, this is the last line of defence)."""
     try:
         os.rename(tmp, final)  # atomic; fails if final exists and is not empty
         return
     except OSError:
         if not final.exists():
             raise
+    marker = META_FILE if kind == "cache" else "config.json"
+    if not final.is_dir() or not (final / marker).is_file():
+        raise FileExistsError(f"{final} exists and is not a slotlab {kind} directory; it was left untouched (the "
+                              "new one was not written)")
     trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
     os.rename(final, trash / final.name)
     os.rename(tmp, final)
@@ -122,18 +127,29 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 @contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory next to ``final``; on success move it to ``final``, on error delete it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+def _atomic_dir(final: Path, kind: str = "cache") -> Iterator[Path]:
+    """Yield a fresh temporary directory next to ``final``; on success move it to ``final``, on error delete it.
+    A full disk or a read-only place raises :class:`~slotlab.rundir.WriteError` naming ``final``."""
+    from slotlab.rundir import write_error
+
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as err:
+        raise write_error(final, err) from err
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private (0700); a finished cache should be readable like any dir
         yield tmp
+        if tmp.exists():  # the body may have discarded it (see get_or_create)
+            _replace_dir(tmp, final, kind)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if write_error(final, err) is err:
+            raise
+        raise write_error(final, err) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if tmp.exists():  # the body may have discarded it (see get_or_create)
-        _replace_dir(tmp, final)
 
 
 def write_cache(

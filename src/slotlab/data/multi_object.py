@@ -136,6 +136,18 @@ def decode_scene(kind: str, example: dict, where: str) -> dict[str, np.ndarray]:
     return scene
 
 
+def read_record(kind: str, record: bytes, where: str) -> dict[str, np.ndarray]:
+    """:func:`parse_example` then :func:`decode_scene`; any malformed payload is a TFRecordError naming ``where``."""
+    try:
+        return decode_scene(kind, parse_example(record), where)
+    except TFRecordError as err:
+        if str(err).startswith(where):
+            raise
+        raise TFRecordError(f"{where}: {err}") from None
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError) as err:  # a value of the wrong kind
+        raise TFRecordError(f"{where}: malformed record for {kind}: {err}") from None
+
+
 def count_objects(scene: dict[str, np.ndarray], layout: Layout) -> int:
     """Objects present: non-zero ``visibility`` after the background mask(s)."""
     return int(np.count_nonzero(scene["visibility"][layout.num_background:]))
@@ -164,7 +176,7 @@ def iter_scenes(kind: str, path: str | Path, start: int = 0, stop: int | None = 
     layout = get_layout(kind)
     limit = max_objects if max_objects is not None else layout.max_objects
     for index, record in iter_indexed_records(path, start, stop, select):
-        scene = decode_scene(kind, parse_example(record), f"{path}: record {index}")
+        scene = read_record(kind, record, f"{path}: record {index}")
         if limit is not None and count_objects(scene, layout) > limit:
             continue
         yield index, crop_and_resize(scene, layout) if preprocess else scene

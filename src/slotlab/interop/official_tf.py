@@ -295,18 +295,24 @@ def convert(variables: dict[str, np.ndarray], task: str | None = None, num_slots
 
 
 def convert_official_tf(checkpoint: str | Path, out: str | Path, task: str | None = None,
-                        num_slots: int | None = None, resolution: int = 128) -> Path:
+                        num_slots: int | None = None, resolution: int = 128, force: bool = False) -> Path:
     """``slotlab convert official-tf``: write a run directory (config.json, checkpoints/best.safetensors) holding
-    the official checkpoint's weights. ``task`` None = detect from the variables. Returns ``out``."""
+    the official checkpoint's weights. ``task`` None = detect from the variables. An existing ``out`` is replaced
+    only if it is a slotlab run directory and ``force``; the new directory appears whole or not at all. Returns
+    ``out``."""
+    from slotlab.data.cache import _atomic_dir
+    from slotlab.rundir import RunDir, check_output, output_lock
+
     out = Path(out)
-    if (out / "config.json").exists():
-        raise FileExistsError(f"{out} already holds a run (config.json); choose another --out")
-    variables, prefix = read_tf_checkpoint(checkpoint)
-    model, cfg = convert(variables, task, num_slots, resolution)
-    step = int(variables.get(f"global_step{SUFFIX}", 0))
-    cfg.description = f"Official TF checkpoint {prefix} (step {step}), converted by slotlab convert official-tf."
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
-    state = {"step": step, "source": f"official-tf:{prefix}"}
-    save_checkpoint(out / "checkpoints" / "best.safetensors", model, state=state, config=cfg.to_dict())
+    with output_lock(out):
+        check_output(out, "run", force, sources=(checkpoint,))
+        variables, prefix = read_tf_checkpoint(checkpoint)
+        model, cfg = convert(variables, task, num_slots, resolution)
+        step = int(variables.get(f"global_step{SUFFIX}", 0))
+        cfg.description = f"Official TF checkpoint {prefix} (step {step}), converted by slotlab convert official-tf."
+        with _atomic_dir(out, kind="run") as tmp:
+            run = RunDir(tmp)
+            run.save_config(cfg)
+            state = {"step": step, "source": f"official-tf:{prefix}"}
+            save_checkpoint(run.checkpoint("best"), model, state=state, config=cfg.to_dict())
     return out

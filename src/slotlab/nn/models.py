@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -74,7 +76,7 @@ class SlotAttentionAutoEncoder(nn.Module):
 
     def forward(self, image: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None) -> dict[str, Tensor]:
-        check_image(image, self.cfg.resolution, finite=self.check_finite)
+        image = check_image(image, self.cfg.resolution, self.check_finite, next(self.encoder.parameters()).dtype)
         features = self.encoder(image)  # (B, N, C)
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
         out = fp32(self.decode(sa))  # (B, K, 4, H, W); fp32 under autocast: mask softmax, recomposition, loss
@@ -149,7 +151,7 @@ class SetPredictor(nn.Module):
 
     def forward(self, image: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None) -> dict[str, Tensor]:
-        check_image(image, self.cfg.resolution, finite=self.check_finite)
+        image = check_image(image, self.cfg.resolution, self.check_finite, next(self.encoder.parameters()).dtype)
         features = self.encoder(image)  # (B, N, C)
         sa = self.slot_attention(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
         head_in = sa["slots"]  # (B, K, D)
@@ -203,8 +205,16 @@ def set_step(model: SlotAttentionAutoEncoder, step: int) -> None:
         model.decoder.open_bands(min(1.0, step / cfg.decoder_freq_steps))
 
 
-def check_image(image: Tensor, resolution: int, finite: bool = True) -> None:
-    """Raise a clear error unless ``image`` is a float (B, 3, resolution, resolution) batch, finite if ``finite``."""
+INPUT_RANGE = (-1.0, 1.0)  # what every slotlab model expects: RGB images scaled to [-1, 1]
+RANGE_MARGIN = 0.1  # values this far outside the range are an error (a [0, 1] or [0, 255] image, say)
+
+
+def check_image(image: Tensor, resolution: int, finite: bool = True, dtype: torch.dtype | None = None) -> Tensor:
+    """The image batch, checked: float (B, 3, resolution, resolution); with ``finite`` (a device sync on a GPU,
+    so training there skips it) also finite and in :data:`INPUT_RANGE` within :data:`RANGE_MARGIN`.
+
+    Dtype rule: a floating image of another dtype (float64, float16, bfloat16) is cast to ``dtype``, the model's
+    parameter dtype, outside autocast; integer images are an error (scale them to [-1, 1] first)."""
     if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3:
         got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
         raise ValueError(f"image must be (B, 3, H, W) RGB, got {got}")
@@ -212,5 +222,14 @@ def check_image(image: Tensor, resolution: int, finite: bool = True) -> None:
         raise ValueError(f"image must be {resolution}x{resolution} for this model, got {tuple(image.shape[-2:])}")
     if not image.is_floating_point():
         raise TypeError(f"image must be float in [-1, 1], got {image.dtype} (convert uint8 with x / 127.5 - 1)")
-    if finite and not torch.isfinite(image).all():
-        raise ValueError("image contains NaN or Inf")
+    if finite and image.numel():
+        lo, hi = (float(v) for v in torch.aminmax(image.detach()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("image contains NaN or Inf")
+        a, b = INPUT_RANGE
+        if lo < a - RANGE_MARGIN or hi > b + RANGE_MARGIN:
+            raise ValueError(f"image values span [{lo:g}, {hi:g}] but the model expects [{a:g}, {b:g}] "
+                             "(convert a [0, 255] image with x / 127.5 - 1, a [0, 1] image with 2 * x - 1)")
+    if dtype is not None and image.dtype != dtype and not torch.is_autocast_enabled(image.device.type):
+        image = image.to(dtype)
+    return image

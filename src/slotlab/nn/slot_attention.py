@@ -195,6 +195,10 @@ class SlotAttention(SlotCore):
         """
         num_iters = self.num_iters if num_iters is None else num_iters
         self._check(inputs, num_slots, num_iters, slots, input_mask)
+        dtype = self.norm_inputs.weight.dtype  # the dtype rule: floating inputs are cast to the module's dtype
+        if inputs.dtype != dtype and not torch.is_autocast_enabled(inputs.device.type):
+            inputs = inputs.to(dtype)
+            slots = None if slots is None else slots.to(dtype)
         B, N, _ = inputs.shape
         if slots is None:
             slots = self.init_slots(B, num_slots or self.num_slots).to(inputs.dtype)
@@ -261,6 +265,12 @@ class SlotAttention(SlotCore):
                 )
             if num_slots is not None and num_slots != slots.shape[1]:
                 raise ValueError(f"SlotAttention: num_slots={num_slots} but slots has K={slots.shape[1]}")
+            if slots.shape[1] < 1:
+                raise ValueError("SlotAttention: slots has K = 0 slots; need at least one")
+            if not slots.is_floating_point() or not bool(torch.isfinite(slots).all()):
+                raise ValueError(f"SlotAttention: slots must be finite floats, got {slots.dtype} with NaN or Inf"
+                                 if slots.is_floating_point() else f"SlotAttention: slots must be float, got "
+                                 f"{slots.dtype}")
         if input_mask is not None:
             if input_mask.dtype != torch.bool or tuple(input_mask.shape) != tuple(inputs.shape[:2]):
                 raise ValueError(

@@ -13,14 +13,11 @@ makes an entry from a run directory's best checkpoint (``slotlab zoo add RUN_DIR
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
-from safetensors.torch import save_file
-
-from slotlab.checkpoint import load_checkpoint
+from slotlab.checkpoint import load_checkpoint, save_checkpoint
 from slotlab.config import ExperimentConfig
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "card.md"
@@ -80,8 +77,7 @@ def add_entry(run_dir: str | Path, name: str, root: str | Path | None = None, ov
     if (out / WEIGHTS).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a zoo entry; remove it first")
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     info = {"step": meta.get("step"), "train_seconds": meta.get("train_seconds"), "source": checkpoint.name}
-    save_file(tensors, str(out / WEIGHTS), metadata={"config": json.dumps(cfg.to_dict()), "state": json.dumps(info)})
+    save_checkpoint(out / WEIGHTS, model, state=info, config=cfg.to_dict())  # atomic, with per-tensor digests
     cfg.save(out / CONFIG)
     return out
