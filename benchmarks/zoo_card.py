@@ -1,7 +1,9 @@
-"""Write a model-zoo entry's card from the run that trained it: card.md, curves.png and metrics.json.
+"""Make a model-zoo entry from the run that trained it: the weights of its best checkpoint and its config
+(:func:`slotlab.zoo.add_entry`), then card.md, curves.png and metrics.json.
 
-    python benchmarks/zoo_card.py RUN_DIR ENTRY_DIR --name tetrominoes --machine "AMD EPYC, 2 cores (AVX2), \\
-        1 thread" --command "slotlab train --experiment ..." [--data SPEC ...] [--threads 1]
+    python benchmarks/zoo_card.py RUN_DIR src/slotlab/zoo/tetrominoes --name tetrominoes \\
+        --machine "AMD EPYC, 2 cores (AVX2), 1 thread" --command "slotlab train --experiment ..." \\
+        [--data SPEC ...] [--threads 1]
 
 The card holds the data, the steps, the batch, the training wall time, the machine and precision, the learning
 curve (validation FG-ARI / ARI / mBO against training time, from the run's metrics.jsonl), the test metrics of
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from robustness import cpu_name, robustness
 from slotlab.config import ExperimentConfig
 from slotlab.runs import eval_run
 from slotlab.viz import read_metrics, save_curves
+from slotlab.zoo import add_entry
 
 
 def pct(x: float) -> str:
@@ -37,8 +39,9 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
     save_curves(run, entry / "curves.png")
     tests = {spec: eval_run(run, spec, "best") for spec in specs}
     robust = robustness(run, specs[0], "best", None)
-    (entry / "metrics.json").write_text(json.dumps({"test": tests, "robustness": robust, "best_val": best}, indent=1)
-                                        + "\n")
+    training = {"steps": last["step"], "hours": round(last["train_seconds"] / 3600, 2), "machine": machine}
+    (entry / "metrics.json").write_text(json.dumps({"training": training, "test": tests, "robustness": robust,
+                                                    "best_val": best}, indent=1) + "\n")
     m, d, t = cfg.model, cfg.data, cfg.train
     lines = [
         f"# `{name}`: {cfg.description}",
@@ -102,9 +105,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    add_entry(args.run, args.name, root=args.entry.parent, overwrite=True)
     card = write_card(args.run, args.entry, args.name, args.machine, args.command, args.data)
-    if not (args.entry / "config.json").is_file():
-        shutil.copy(args.run / "config.json", args.entry / "config.json")
     print(card.read_text())
 
 
