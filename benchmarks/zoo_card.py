@@ -30,7 +30,8 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def write_card(run: Path, entry: Path, name: str, machine: str, command: str, specs: list[str]) -> Path:
+def write_card(run: Path, entry: Path, name: str, machine: str, command: str, specs: list[str],
+               status: str = "") -> Path:
     entry.mkdir(parents=True, exist_ok=True)
     cfg = ExperimentConfig.load(run / "config.json")
     train_rows, val_rows = read_metrics(run)
@@ -44,8 +45,9 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
                                                     "best_val": best}, indent=1) + "\n")
     m, d, t = cfg.model, cfg.data, cfg.train
     lines = [
-        f"# `{name}`: {cfg.description}",
+        f"# `{name}`",
         "",
+        *([f"**Status:** {status}", ""] if status else []),
         f"Object discovery with Slot Attention (Locatello et al., NeurIPS 2020), preset `{cfg.name}`: "
         f"{m.resolution}x{m.resolution} input, K={m.num_slots} slots, T={m.num_iters} iterations, slot size "
         f"{m.slot_dim}, {m.decoder} decoder, slot init `{m.slot_init}`, background `{m.background}`"
@@ -103,10 +105,11 @@ def main() -> None:
     ap.add_argument("--command", required=True)
     ap.add_argument("--data", nargs="+", default=["test"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--status", default="", help="a line on the card's top, e.g. how far from converged it is")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     add_entry(args.run, args.name, root=args.entry.parent, overwrite=True)
-    card = write_card(args.run, args.entry, args.name, args.machine, args.command, args.data)
+    card = write_card(args.run, args.entry, args.name, args.machine, args.command, args.data, args.status)
     print(card.read_text())
 
 
