@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from slotlab import runs
 from slotlab.checkpoint import load_checkpoint
-from slotlab.compare import comparison_scenes
+from slotlab.compare import compare_with_zoo, comparison_scenes
 from slotlab.config import DataConfig
 from slotlab.zoo import add_entry
 
@@ -47,3 +47,12 @@ def test_comparison_scenes_are_held_out_for_both():
     assert comparison_scenes(zoo, DataConfig(name="tetrominoes", train_size=100)) is None  # demo saw them
     assert comparison_scenes(zoo, DataConfig(name="multi_dsprites", train_size=32)) is None
     assert comparison_scenes(zoo, DataConfig(name="tetrominoes", train_size=32, seed=1)) is None
+
+
+def test_no_comparison_for_a_set_prediction_run(tmp_path, monkeypatch):
+    # a zoo entry named like the data of a set-prediction run: the comparison (object discovery) is skipped
+    runs.train_run("tiny_set", tmp_path / "run", ["train.steps=2", "train.num_threads=1"], False, progress=False)
+    add_entry(tmp_path / "run", "sprites_set", root=tmp_path / "zoo")
+    monkeypatch.setenv("SLOTLAB_ZOO", str(tmp_path / "zoo"))
+    assert compare_with_zoo(tmp_path / "run", "sprites_set") is None
+    assert not (tmp_path / "run" / "zoo_comparison.json").exists()

@@ -54,7 +54,8 @@ def _cost(where: Path) -> str:
 def compare_with_zoo(workdir: Path, name: str, num_scenes: int = 6) -> dict | None:
     """Evaluate the run in ``workdir`` and the zoo model ``name`` on the same scenes, draw both, and write
     ``workdir/zoo_comparison.json``. Returns {"rows": [{"model", "cost", metrics...}], "pictures": {png: caption}}
-    or None when there is no such zoo model or no common held-out scenes."""
+    or None when there is no such zoo model, no common held-out scenes, or a task without the comparison
+    (``Task.zoo_comparison``: object discovery; its scenes and pictures) or another task than the zoo model's."""
     workdir = Path(workdir)
     try:
         entry = entry_dir(name)
@@ -62,10 +63,12 @@ def compare_with_zoo(workdir: Path, name: str, num_scenes: int = 6) -> dict | No
         return None
     demo_model, demo_cfg = load_model(workdir, "best")
     zoo_model, zoo_cfg = load_model(entry)
+    task = get_task(demo_cfg)
+    if not task.zoo_comparison or get_task(zoo_cfg) is not task:
+        return None
     scenes = comparison_scenes(zoo_cfg.data, demo_cfg.data)
     if scenes is None or zoo_cfg.model.resolution != demo_cfg.model.resolution:
         return None
-    task = get_task(demo_cfg)
     rows, pictures = [], {}
     for label, model, cfg, where in [("this run", demo_model, demo_cfg, workdir),
                                      (f"zoo: {name}", zoo_model, zoo_cfg, entry)]:
