@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,15 @@ def test_ties_go_to_the_lowest_slot_like_tf_argmax():
 def test_bad_masks_are_named(true, pred, match):
     with pytest.raises(ValueError, match=match):
         metrics.fg_ari(true, pred)
+
+
+def test_mean_and_sem_leaves_out_nan_items():
+    values = {"a": [torch.tensor([1.0, float("nan"), 3.0]), torch.tensor([5.0], dtype=torch.float64)],
+              "b": [torch.tensor([float("nan")])], "c": [torch.tensor([2.0])], "d": []}
+    out = metrics.mean_and_sem(values)
+    kept = np.array([1.0, 3.0, 5.0])
+    assert out["a"] == pytest.approx(kept.mean())
+    assert out["a_sem"] == pytest.approx(kept.std(ddof=1) / np.sqrt(3))
+    assert math.isnan(out["b"]) and math.isnan(out["b_sem"])
+    assert out["c"] == 2.0 and math.isnan(out["c_sem"])
+    assert math.isnan(out["d"]) and math.isnan(out["d_sem"])

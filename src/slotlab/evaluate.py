@@ -62,13 +62,7 @@ def evaluate(model: nn.Module, data: SceneSet, *, batch_size: int = 64, num_slot
         per_scene["fg_ari"].append(metrics.fg_ari(batch["masks"], out["masks"], num_background=background))
         per_scene["ari"].append(metrics.ari(batch["masks"], out["masks"]))
         per_scene["mbo"].append(metrics.mbo(batch["masks"], out["masks"], num_background=background))
-    result: dict[str, float] = {"num_scenes": n}
-    for key, values in per_scene.items():
-        v = torch.cat(values) if values else torch.empty(0)
-        v = v[~torch.isnan(v)]
-        result[key] = float(v.mean()) if len(v) else float("nan")
-        result[f"{key}_sem"] = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return result
+    return {"num_scenes": n, **metrics.mean_and_sem(per_scene)}
 
 
 def format_metrics(result: dict[str, float]) -> str:

@@ -13,8 +13,6 @@ amazon-science/object-centric-learning-framework, ``configs/evaluation/projects/
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -63,13 +61,7 @@ def evaluate_features(model: nn.Module, data, *, batch_size: int = 64, num_slots
                     per_scene[key].append(value)
     finally:
         model.train(was_training)
-    result: dict[str, float] = {"num_scenes": n}
-    for key, values in per_scene.items():
-        v = torch.cat(values)
-        v = v[~torch.isnan(v)]
-        result[key] = float(v.mean()) if len(v) else float("nan")
-        result[f"{key}_sem"] = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return result
+    return {"num_scenes": n, **metrics.mean_and_sem(per_scene)}
 
 
 def format_feature_metrics(result: dict[str, float]) -> str:

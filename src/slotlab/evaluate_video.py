@@ -5,8 +5,6 @@ reconstruction MSE. Metrics are float64 (slotlab.metrics); the initial-slot draw
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -70,13 +68,7 @@ def evaluate_video(model: nn.Module, data, *, batch_size: int = EVAL_BATCH_CAP, 
                 per_video["mse"].append(metrics.mse(video_target(model, batch).flatten(1), recon.flatten(1)))
     finally:
         model.train(was_training)
-    result: dict[str, float] = {"num_videos": n}
-    for key, values in per_video.items():
-        v = torch.cat(values)
-        v = v[~torch.isnan(v)]
-        result[key] = float(v.mean()) if len(v) else float("nan")
-        result[f"{key}_sem"] = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return result
+    return {"num_videos": n, **metrics.mean_and_sem(per_video)}
 
 
 def format_video_metrics(result: dict[str, float]) -> str:

@@ -170,6 +170,18 @@ def video_mbo(true_masks: Tensor, pred_masks: Tensor, num_background: int = 1) -
 AP_THRESHOLDS = (None, 1.0, 0.5, 0.25, 0.125)  # the paper's distance thresholds; None = infinity
 
 
+def mean_and_sem(per_item: dict[str, list[Tensor]]) -> dict[str, float]:
+    """Per-item values, each key a list of (B,) tensors -> ``{key: mean, key_sem: standard error of the mean}``
+    over the items that are not NaN (mean NaN without any, standard error NaN below two)."""
+    result: dict[str, float] = {}
+    for key, values in per_item.items():
+        v = torch.cat(values) if values else torch.empty(0)
+        v = v[~torch.isnan(v)]
+        result[key] = float(v.mean()) if len(v) else float("nan")
+        result[f"{key}_sem"] = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return result
+
+
 def average_precision(pred, target, threshold: float | None = None, layout: SetLayout = CLEVR_LAYOUT) -> float:
     """Average precision of set predictions at a distance threshold, as the official ``average_precision_clevr``.
 
