@@ -81,7 +81,7 @@ class SlotCore(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(slot_dim, mlp_hidden_dim), nn.ReLU(), nn.Linear(mlp_hidden_dim, slot_dim))
         self.slots_mu = nn.Parameter(torch.empty(1, 1, slot_dim))
         self.slots_log_sigma = nn.Parameter(torch.empty(1, 1, slot_dim))
-        if slot_init == "learned":  # one learned initial vector per slot (BO-QSA): K is fixed
+        if slot_init == "learned":  # one learned initial vector per slot (BO-QSA); more slots: see init_slots
             self.slots_init = nn.Parameter(torch.empty(1, num_slots, slot_dim))
             for unused in (self.slots_mu, self.slots_log_sigma):  # kept for checkpoints; no gradient, no update
                 unused.requires_grad_(False)
@@ -135,7 +135,8 @@ class SlotAttention(SlotCore):
             the initial slots instead (BO-QSA's bi-level optimisation, Jia et al. 2023: the learned initial slots
             are then trained as if they were the last iteration's input). Changes gradients only.
         slot_init: "random" (the paper: mu + sigma * noise, shared by all slots) or "learned" (one learned initial
-            vector per slot, as BO-QSA, Jia et al. 2023: breaks the symmetry between slots; K is then fixed).
+            vector per slot, as BO-QSA, Jia et al. 2023: breaks the symmetry between slots; a call may ask for more
+            slots than K, not fewer: :meth:`SlotCore.init_slots`).
         fast: use the fast path (:mod:`slotlab.nn.fast_attention`: same mathematics, k and v never built, a
             hand-written backward; no double backward) whenever the call allows it (no ``input_mask``, no
             autocast) and has at least ``fast_min_inputs`` = 2048 inputs B*N (below that, per-call overhead makes
