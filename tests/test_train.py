@@ -53,6 +53,19 @@ def test_workdir_guards(tmp_path):
         train(tiny(), blocker / "run", progress=False)
 
 
+def test_a_new_run_never_overwrites_other_files(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"mine": 1}\n')
+    (folder / ".notes.tmp").write_text("keep")  # the name pattern of an interrupted atomic write
+    with pytest.raises(FileExistsError, match="not a slotlab run"):
+        train(tiny("train.steps=1"), folder, progress=False)
+    assert (folder / "config.json").read_text() == '{"mine": 1}\n' and (folder / ".notes.tmp").read_text() == "keep"
+    assert sorted(p.name for p in folder.iterdir()) == [".notes.tmp", "config.json"]
+    (tmp_path / "empty").mkdir()
+    assert train(tiny("train.steps=1"), tmp_path / "empty", progress=False)["step"] == 1
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     train(tiny("train.steps=2", "train.checkpoint_every=2"), tmp_path / "run", progress=False)
     before = (tmp_path / "run" / "checkpoints" / "last.safetensors").read_bytes()

@@ -355,6 +355,20 @@ class RunDir:
         """Delete the temporary files of atomic writes that a kill interrupted."""
         return remove_orphans(self.path) + remove_orphans(self.checkpoints)
 
+    def check_new(self) -> None:
+        """Refuse to start a new run in a directory that holds anything but a slotlab run (its ``config.json``):
+        a new run writes ``config.json``, ``data.json`` and the rest, and removes ``.*.tmp`` files, so another
+        program's files there would be overwritten or deleted. An absent or empty directory is fine."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise NotADirectoryError(f"--workdir {self.path} is a file, not a folder")
+        others = sorted(p.name for p in self.path.iterdir() if p != self.lock_path)
+        if others and output_kind(self.path) != "run":
+            listing = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise OutputRefusedError(f"--workdir {self.path} holds files that are not a slotlab run ({listing}); "
+                                     "a new run needs a new or empty folder, or a slotlab run directory")
+
     def prepare_new(self) -> None:
         """Create the directory of a new run (checking it can be written)."""
         try:

@@ -257,18 +257,23 @@ def check_resume(run: RunDir, cfg: ExperimentConfig, data_record: dict | None, a
 
 def start_run(run: RunDir, cfg: ExperimentConfig, resume: bool, data_record: dict | None,
               allow: tuple[str, ...]) -> dict:
-    """Rank 0, holding the lock: clean orphan temporary files, then check a resume (nothing written yet) or create
-    a new run (config.json). Returns the resume's config changes."""
-    for orphan in run.remove_orphans():
-        log.info("removed %s, left by a killed write", orphan)
+    """Rank 0, holding the lock: check a resume (nothing written yet) or that a new run may use the directory (no
+    other program's files), clean orphan temporary files, and create a new run (config.json). Returns the resume's
+    config changes."""
     if resume:
-        return check_resume(run, cfg, data_record, allow)
-    if run.has_checkpoint():
+        changes = check_resume(run, cfg, data_record, allow)
+    elif run.has_checkpoint():
         raise FileExistsError(f"{run.path} already holds a run ({run.checkpoint('last')}); pass --resume or choose "
                               "a new --workdir")
-    run.prepare_new()
-    run.save_config(cfg)
-    return {}
+    else:
+        run.check_new()
+        changes = {}
+    for orphan in run.remove_orphans():
+        log.info("removed %s, left by a killed write", orphan)
+    if not resume:
+        run.prepare_new()
+        run.save_config(cfg)
+    return changes
 
 
 def restore(run: RunDir, cfg: ExperimentConfig, model, optimizer, device: torch.device, changes: dict,
