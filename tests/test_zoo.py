@@ -130,3 +130,18 @@ def test_wheel_contains_zoo_entries(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("model.safetensors", "config.json", "card.md"):
         assert f"slotlab/zoo/wheel-check/{name}" in names
+
+
+def test_weights_file_of_an_entry_or_a_run(tmp_path):
+    (tmp_path / "entry").mkdir()
+    (tmp_path / "entry" / zoo.WEIGHTS).write_bytes(b"")
+    assert zoo.weights_file(tmp_path / "entry", "last") == tmp_path / "entry" / zoo.WEIGHTS
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoints/best.safetensors"):
+        zoo.weights_file(tmp_path / "run")
+    (checkpoints / "last.safetensors").write_bytes(b"")
+    assert zoo.weights_file(tmp_path / "run") == checkpoints / "last.safetensors"  # no best yet
+    (checkpoints / "best.safetensors").write_bytes(b"")
+    assert zoo.weights_file(tmp_path / "run") == checkpoints / "best.safetensors"
+    assert zoo.weights_file(tmp_path / "run", "last") == checkpoints / "last.safetensors"

@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from slotlab.config import ExperimentConfig
@@ -32,20 +30,10 @@ from slotlab.noise import seeded_forward
 def build_checked(cfg: ExperimentConfig, weights: str | Path) -> nn.Module:
     """The model of ``cfg`` with the weights of ``weights`` (a checkpoint or zoo file), in eval mode; ValueError
     naming the file when its tensors do not match the config's model (names or shapes)."""
-    weights = Path(weights)
-    if not weights.is_file():
-        raise FileNotFoundError(f"weights not found: {weights}")
-    from slotlab.checkpoint import CheckpointError, verify_tensors
+    from slotlab.checkpoint import read_checkpoint
 
-    try:
-        everything = load_file(str(weights))
-        with safe_open(str(weights), framework="pt") as f:
-            metadata = f.metadata() or {}
-        verify_tensors(weights, everything, metadata)  # digests (when present) and finiteness
-    except CheckpointError:
-        raise
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{weights}: corrupt or not a slotlab weights file: {err}") from err
+    weights = Path(weights)
+    everything = read_checkpoint(weights)[0]  # digests (when present) and finiteness checked
     tensors = {k[len("model."):]: v for k, v in everything.items() if k.startswith("model.")}
     from slotlab.tasks import build_model
 
@@ -153,10 +141,4 @@ def load(name_or_dir: str | Path, checkpoint: str = "best", root: str | Path | N
     if not path.is_dir():
         path = zoo.entry_dir(str(name_or_dir), root)
     cfg = ExperimentConfig.load(path / "config.json")
-    if (path / zoo.WEIGHTS).is_file():
-        weights = path / zoo.WEIGHTS
-    elif (path / "checkpoints" / f"{checkpoint}.safetensors").is_file():
-        weights = path / "checkpoints" / f"{checkpoint}.safetensors"
-    else:
-        weights = zoo.best_checkpoint(path)
-    return LoadedModel(build_checked(cfg, weights), cfg, str(name_or_dir))
+    return LoadedModel(build_checked(cfg, zoo.weights_file(path, checkpoint)), cfg, str(name_or_dir))

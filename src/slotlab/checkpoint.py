@@ -89,10 +89,10 @@ def verify_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
     return digests is not None
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Load weights into ``model`` and state into ``optimizer`` (when given), after :func:`verify_tensors`; return
-    the metadata record ``{"state": dict, "config": dict, "verified": bool}`` (verified: the file had digests)."""
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
+    """Every tensor of a checkpoint or zoo weights file, its raw metadata, and its record ``{"state": dict,
+    "config": dict, "verified": bool}`` (verified: the file had digests), after :func:`verify_tensors`.
+    CheckpointError naming the file when it is corrupt, altered or not a slotlab file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -109,6 +109,15 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
         raise CheckpointError(f"checkpoint {path} is corrupt or not a slotlab checkpoint: {err}") from err
     if not verified:
         log.warning("checkpoint %s has no digests (written by an older slotlab): loaded unverified", path)
+    return tensors, metadata, record
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """Load weights into ``model`` and state into ``optimizer`` (when given), after :func:`verify_tensors`; return
+    the metadata record ``{"state": dict, "config": dict, "verified": bool}`` (verified: the file had digests)."""
+    path = Path(path)
+    tensors, metadata, record = read_checkpoint(path)
     if model is not None:
         weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         try:

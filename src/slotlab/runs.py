@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from slotlab.checkpoint import load_checkpoint
 from slotlab.config import ExperimentConfig, apply_overrides
 from slotlab.data import SceneSet, write_cache
 from slotlab.experiments import get_experiment
@@ -101,19 +100,14 @@ def load_run_config(workdir: Path) -> ExperimentConfig:
 
 
 def load_model(workdir: Path, checkpoint: str = "best") -> tuple[torch.nn.Module, ExperimentConfig]:
-    """The run's model with the weights of ``checkpoints/<checkpoint>.safetensors`` (falls back to last); a zoo
-    entry directory (``slotlab.zoo``) gives its ``model.safetensors``."""
-    run = RunDir(workdir)
-    cfg = run.load_config()
-    path = run.checkpoint(checkpoint)
-    if not path.is_file():
-        path = run.checkpoint("last")
-    if not path.is_file() and (run.path / "model.safetensors").is_file():
-        path = run.path / "model.safetensors"
-    model = get_task(cfg).build_model(cfg)
-    load_checkpoint(path, model)
-    model.eval()
-    return model, cfg
+    """The model of a run directory or zoo entry directory, in eval mode, with the weights that
+    :func:`slotlab.zoo.weights_file` picks (``checkpoints/<checkpoint>.safetensors``, else best, else last; a zoo
+    entry's ``model.safetensors``), checked against its config (:func:`slotlab.api.build_checked`)."""
+    from slotlab.api import build_checked
+    from slotlab.zoo import weights_file
+
+    cfg = RunDir(workdir).load_config()
+    return build_checked(cfg, weights_file(workdir, checkpoint)), cfg
 
 
 def output_file(path: str | Path, default_name: str, what: str) -> Path:

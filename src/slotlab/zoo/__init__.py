@@ -19,6 +19,7 @@ from pathlib import Path
 
 from slotlab.checkpoint import load_checkpoint, save_checkpoint
 from slotlab.config import ExperimentConfig
+from slotlab.rundir import RunDir
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "card.md"
 ZOO_ENV = "SLOTLAB_ZOO"
@@ -51,14 +52,18 @@ def entry_dir(name: str, root: str | Path | None = None) -> Path:
     return path
 
 
-def best_checkpoint(run_dir: str | Path) -> Path:
-    """``checkpoints/best.safetensors`` of a run directory, else ``last.safetensors``."""
-    checkpoints = Path(run_dir) / "checkpoints"
-    for name in ("best", "last"):
-        if (checkpoints / f"{name}.safetensors").is_file():
-            return checkpoints / f"{name}.safetensors"
-    raise FileNotFoundError(f"{run_dir}: no checkpoints/best.safetensors or last.safetensors (is it a slotlab run "
-                            "directory that has trained?)")
+def weights_file(directory: str | Path, checkpoint: str = "best") -> Path:
+    """The weights of a zoo entry directory (``model.safetensors``) or of a run directory
+    (``checkpoints/<checkpoint>.safetensors``, else best, else last)."""
+    directory = Path(directory)
+    if (directory / WEIGHTS).is_file():
+        return directory / WEIGHTS
+    run = RunDir(directory)
+    for name in dict.fromkeys((checkpoint, "best", "last")):
+        if run.checkpoint(name).is_file():
+            return run.checkpoint(name)
+    raise FileNotFoundError(f"{directory}: no checkpoints/{checkpoint}.safetensors (nor best or last) and no {WEIGHTS} "
+                            "(is it a slotlab run directory that has trained, or a zoo entry?)")
 
 
 def add_entry(run_dir: str | Path, name: str, root: str | Path | None = None, overwrite: bool = False) -> Path:
@@ -70,7 +75,7 @@ def add_entry(run_dir: str | Path, name: str, root: str | Path | None = None, ov
         raise ValueError(f"zoo name {name!r}: expected lower-case letters, digits, '_', '-' or '.'")
     run_dir = Path(run_dir)
     cfg = ExperimentConfig.load(run_dir / CONFIG)
-    checkpoint = best_checkpoint(run_dir)
+    checkpoint = weights_file(run_dir)
     model = build_checked(cfg, checkpoint)
     meta = load_checkpoint(checkpoint)["state"]
     out = zoo_root(root) / name
