@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -19,28 +20,37 @@ from slotlab.nn.precision import autocast
 from slotlab.noise import seeded_forward
 
 
-@torch.no_grad()
-def _model_batches(model: nn.Module, data, n: int, batch_size: int, seed: int, precision: str,
-                   num_slots: int | None, num_iters: int | None) -> Iterator[tuple[dict, dict]]:
-    """(batch, model outputs) over the first ``n`` scenes, in eval mode, with each scene's initial-slot noise
-    seeded from ``seed`` and its pixels (the caller's random state and the model's train/eval mode are restored)."""
+@contextmanager
+def evaluation(model: nn.Module, seed: int) -> Iterator[torch.device]:
+    """The body runs with ``model`` in eval mode and the global RNG seeded by ``seed`` in a fork; the caller's
+    random state and the model's train/eval mode are restored. Yields the model's device (the CPU for a model
+    without parameters)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters(), torch.empty(0)).device  # the CPU for a model without parameters
+    device = next(model.parameters(), torch.empty(0)).device
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            for start in range(0, n, batch_size):
-                batch = data.batch(slice(start, min(start + batch_size, n)))
-                if device.type == "cuda":  # CUDA graphs (compile_mode="reduce-overhead") reuse output memory
-                    torch.compiler.cudagraph_mark_step_begin()
-                with autocast(precision, device):
-                    out = seeded_forward(model, batch["image"].to(device), seed, num_slots, num_iters)
-                if device.type != "cpu":  # the metrics (and the Hungarian matching) run on the CPU
-                    out = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
-                yield batch, out
+            yield device
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def _model_batches(model: nn.Module, data, n: int, batch_size: int, seed: int, precision: str,
+                   num_slots: int | None, num_iters: int | None) -> Iterator[tuple[dict, dict]]:
+    """(batch, model outputs) over the first ``n`` scenes, in :func:`evaluation`, with each scene's initial-slot
+    noise seeded from ``seed`` and its pixels."""
+    with evaluation(model, seed) as device:
+        for start in range(0, n, batch_size):
+            batch = data.batch(slice(start, min(start + batch_size, n)))
+            if device.type == "cuda":  # CUDA graphs (compile_mode="reduce-overhead") reuse output memory
+                torch.compiler.cudagraph_mark_step_begin()
+            with autocast(precision, device):
+                out = seeded_forward(model, batch["image"].to(device), seed, num_slots, num_iters)
+            if device.type != "cpu":  # the metrics (and the Hungarian matching) run on the CPU
+                out = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+            yield batch, out
 
 
 @torch.no_grad()

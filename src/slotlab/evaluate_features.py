@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slotlab import metrics
+from slotlab.evaluate import evaluation
 from slotlab.nn.dinosaur import masks_to_image
 from slotlab.nn.precision import autocast
 
@@ -43,24 +44,17 @@ def evaluate_features(model: nn.Module, data, *, batch_size: int = 64, num_slots
     with standard errors; the initial-slot noise drawn from ``seed`` in a forked RNG."""
     n = len(data) if limit is None else min(limit, len(data))
     per_scene: dict[str, list[torch.Tensor]] = {"fg_ari": [], "mbo": [], "mbo_c": [], "mse": []}
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, n, batch_size):
-                batch = data.batch(slice(start, min(start + batch_size, n)), with_targets=True)
-                features = batch["features"].to(device)
-                with autocast(precision, device):
-                    out = model(features, num_slots=num_slots, num_iters=num_iters)
-                mse = ((out["recon"].double() - features.double()) ** 2).flatten(1).mean(1).cpu()
-                per_scene["mse"].append(mse)
-                masks = masks_to_image(out["masks"].float().cpu(), batch["instances"].shape[-1])
-                for key, value in scene_metrics(masks, batch["instances"], batch["classes"]).items():
-                    per_scene[key].append(value)
-    finally:
-        model.train(was_training)
+    with evaluation(model, seed) as device:
+        for start in range(0, n, batch_size):
+            batch = data.batch(slice(start, min(start + batch_size, n)), with_targets=True)
+            features = batch["features"].to(device)
+            with autocast(precision, device):
+                out = model(features, num_slots=num_slots, num_iters=num_iters)
+            mse = ((out["recon"].double() - features.double()) ** 2).flatten(1).mean(1).cpu()
+            per_scene["mse"].append(mse)
+            masks = masks_to_image(out["masks"].float().cpu(), batch["instances"].shape[-1])
+            for key, value in scene_metrics(masks, batch["instances"], batch["classes"]).items():
+                per_scene[key].append(value)
     return {"num_scenes": n, **metrics.mean_and_sem(per_scene)}
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from slotlab import metrics
+from slotlab.evaluate import evaluation
 from slotlab.nn.precision import autocast
 
 EVAL_BATCH_CAP = 8  # whole videos per forward: a 24-frame video decodes F * K full-resolution layers
@@ -49,25 +50,18 @@ def evaluate_video(model: nn.Module, data, *, batch_size: int = EVAL_BATCH_CAP, 
     n = len(data) if limit is None else min(limit, len(data))
     batch_size = max(1, min(batch_size, EVAL_BATCH_CAP))
     per_video: dict[str, list[Tensor]] = {k: [] for k in ("fg_ari", "ari", "frame_fg_ari", "mbo", "mse")}
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, n, batch_size):
-                batch = data.batch(slice(start, min(start + batch_size, n)))
-                inputs = {k: v.to(device) for k, v in video_inputs(model, batch).items()}
-                with autocast(precision, device):
-                    out = model(**inputs)
-                masks, recon = out["masks"].cpu(), out["recon"].cpu()
-                per_video["fg_ari"].append(metrics.video_fg_ari(batch["masks"], masks))
-                per_video["ari"].append(metrics.video_ari(batch["masks"], masks))
-                per_video["frame_fg_ari"].append(metrics.per_frame_fg_ari(batch["masks"], masks))
-                per_video["mbo"].append(metrics.video_mbo(batch["masks"], masks))
-                per_video["mse"].append(metrics.mse(video_target(model, batch).flatten(1), recon.flatten(1)))
-    finally:
-        model.train(was_training)
+    with evaluation(model, seed) as device:
+        for start in range(0, n, batch_size):
+            batch = data.batch(slice(start, min(start + batch_size, n)))
+            inputs = {k: v.to(device) for k, v in video_inputs(model, batch).items()}
+            with autocast(precision, device):
+                out = model(**inputs)
+            masks, recon = out["masks"].cpu(), out["recon"].cpu()
+            per_video["fg_ari"].append(metrics.video_fg_ari(batch["masks"], masks))
+            per_video["ari"].append(metrics.video_ari(batch["masks"], masks))
+            per_video["frame_fg_ari"].append(metrics.per_frame_fg_ari(batch["masks"], masks))
+            per_video["mbo"].append(metrics.video_mbo(batch["masks"], masks))
+            per_video["mse"].append(metrics.mse(video_target(model, batch).flatten(1), recon.flatten(1)))
     return {"num_videos": n, **metrics.mean_and_sem(per_video)}
 
 
