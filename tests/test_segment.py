@@ -189,3 +189,12 @@ def test_background_layer_is_label_zero():
     clear = top2[:, 0] > top2[:, 1] + 1e-6
     assert clear.float().mean() > 0.5
     assert (out["labels"].long() == (raw.argmax(1) + 1) % 5)[clear].all()  # background -> 0, slot k -> k + 1
+
+
+def test_segment_refuses_a_model_that_is_not_object_discovery(tmp_path):
+    from slotlab.runs import train_run
+
+    train_run("tiny_set", tmp_path / "set", ["train.steps=1", "train.num_threads=1"], False, progress=False)
+    model = slotlab.load(tmp_path / "set")
+    with pytest.raises(ValueError, match=r"object-discovery model of images.*SetPredictor.*'set_prediction'"):
+        model.segment(np.zeros((1, 64, 64, 3), np.uint8))

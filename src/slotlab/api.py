@@ -87,8 +87,9 @@ class LoadedModel:
     def run(self, pixels: np.ndarray, num_slots: int | None = None, num_iters: int | None = None) -> dict:
         """uint8 (B, R, R, 3) model inputs -> the model's outputs on the CPU, masks (B, K', R, R) background first."""
         if not isinstance(self.model, SlotAttentionAutoEncoder):
-            raise ValueError(f"{self.source}: a {type(self.model).__name__} predicts no masks; segment needs an "
-                             "object-discovery model (SlotAttentionAutoEncoder)")
+            raise ValueError(f"{self.source}: segment needs an object-discovery model of images "
+                             f"(SlotAttentionAutoEncoder), not a {type(self.model).__name__} "
+                             f"(model.task={self.config.model.task!r})")
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, R, R)
         out = seeded_forward(self.model, images.to(self.device), self.config.train.seed, num_slots, num_iters)
         masks = out["masks"][:, :, 0].float().cpu()  # (B, K', R, R)
