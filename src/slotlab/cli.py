@@ -79,7 +79,7 @@ def _add_data(sub) -> None:
     d = sub.add_parser("data", help="built-in datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     g = dsub.add_parser("generate", help="generate a built-in dataset into a cache directory")
-    g.add_argument("name", help="tetrominoes or multi_dsprites")
+    g.add_argument("name", help="tetrominoes, multi_dsprites or sprites_set")
     g.add_argument("--out", required=True, type=Path)
     g.add_argument("--num", required=True, type=int)
     g.add_argument("--seed", type=int, default=0)
