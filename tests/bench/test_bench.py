@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -25,6 +27,12 @@ def test_bench_module_cli_prints_a_table(capsys):
     table = capsys.readouterr().out
     for impl in module.IMPLS:
         assert f"| (2, 16, 8, 3) | {impl} |" in table
+
+
+def test_bench_module_without_the_reference_package_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "slot_attention", None)  # as on an install without slotlab[test]
+    assert main(["bench", "module", "--threads", "1", "--rounds", "1", "--shapes", "2x16x8x3", "--no-memory"]) == 1
+    assert "pip install slot-attention" in capsys.readouterr().err
 
 
 def _tiny_case(batch: int = 2) -> tuple:

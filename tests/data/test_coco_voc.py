@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,13 @@ def test_coco_label_maps_polygon_rle_overlap_and_crowd(tmp_path):
 def test_coco_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
         CocoSource(tmp_path, "train", 32)
+
+
+def test_coco_without_pycocotools_is_a_clear_error(tmp_path, monkeypatch):
+    write_coco(tmp_path, "val", 1)
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    with pytest.raises(RuntimeError, match=r"pip install 'slotlab\[real\]'"):
+        CocoSource(tmp_path, "val", 32)
 
 
 def test_voc_palette_pngs_with_void_border(tmp_path):

@@ -64,7 +64,11 @@ def plain_flops(B: int, N: int, D: int, K: int, T: int = NUM_ITERS, H: int = MLP
 
 def build(shape: tuple[int, int, int, int], seed: int = 0) -> tuple[dict[str, Callable[[], None]], torch.Tensor]:
     """The three implementations with the same weights, as step functions on one shared input (B, N, D)."""
-    import slot_attention
+    try:
+        import slot_attention
+    except ImportError as err:
+        raise RuntimeError("slotlab bench module times slotlab against the slot-attention package: pip install "
+                           "slot-attention==1.5.2 (it comes with slotlab[test])") from err
 
     from slotlab.nn.slot_attention import SlotAttention
 

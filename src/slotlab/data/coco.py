@@ -32,7 +32,7 @@ class CocoSource(PhotoSource):
         try:
             from pycocotools.coco import COCO
         except ImportError as err:
-            raise ImportError("COCO needs pycocotools: pip install 'slotlab[real]'") from err
+            raise RuntimeError("COCO needs pycocotools: pip install 'slotlab[real]'") from err
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             self.coco = COCO(str(ann))
         self.ids = sorted(self.coco.getImgIds())[start:stop]
