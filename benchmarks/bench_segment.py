@@ -11,7 +11,6 @@ Prints one markdown row per batch size.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import tempfile
 import time
@@ -21,15 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from slotlab.bench import cpu_name
 
 
 def _model(args):

@@ -11,22 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
 
+from slotlab.bench import cpu_name
 from slotlab.runs import eval_run, load_model
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def robustness(workdir: Path, data: str, checkpoint: str, limit: int | None) -> list[dict]:

@@ -21,18 +21,10 @@ from pathlib import Path
 
 from budgeted_run import best_within, run
 
+from slotlab.bench import cpu_name
+
 VARIANTS = {"centers": ["model.conditioning=centers"], "learned": ["model.conditioning=learned"]}
 KEYS = (("fg_ari", "video FG-ARI"), ("ari", "video ARI"), ("mbo", "video mBO"), ("frame_fg_ari", "per-frame FG-ARI"))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def plot(results: dict, out: Path) -> None:

@@ -103,3 +103,10 @@ def test_benchmark_step_is_a_training_step_of_the_task():
     assert float(again()) == losses[0]
     with pytest.raises(ValueError, match="does not cover"):
         train_step.parse_case("tiny_set", 4)
+
+
+def test_cpu_name_for_benchmark_headers():
+    from slotlab.bench import cpu_name
+
+    name = cpu_name()
+    assert isinstance(name, str) and name.strip() == name and name
