@@ -81,3 +81,17 @@ def test_bad_clip_lengths_are_rejected(tmp_path):
     cfg.clip_length = 0
     with pytest.raises(ValueError, match="clip_length must be >= 1"):
         build_video_splits(cfg)
+
+
+def test_write_video_cache_round_trip(tmp_path):
+    from slotlab.data.video import load_video_cache, write_video_cache
+
+    rng = np.random.default_rng(0)
+    arrays = {"video": rng.integers(0, 255, (2, 3, 8, 8, 3), dtype=np.uint8),  # (N, F, H, W, 3)
+              "labels": rng.integers(0, 3, (2, 3, 8, 8), dtype=np.uint8)}
+    out = write_video_cache(arrays, tmp_path / "videos", name="mine", seed=None, num_objects=3)
+    loaded, meta = load_video_cache(out)
+    assert (meta["name"], meta["num"], meta["num_frames"], meta["image_size"], meta["num_objects"]) == \
+        ("mine", 2, 3, [8, 8], 3)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(loaded[key], value)
