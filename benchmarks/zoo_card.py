@@ -18,8 +18,9 @@ import json
 from pathlib import Path
 
 import torch
-from robustness import cpu_name, robustness
+from robustness import robustness
 
+from slotlab.bench import cpu_name
 from slotlab.config import ExperimentConfig
 from slotlab.runs import eval_run
 from slotlab.viz import read_metrics, save_curves
