@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slotlab.bench.train_step import make_train_step
+from slotlab.bench.train_step import make_train_step, parse_preset
 from slotlab.compilation import compile_model
 from slotlab.experiments import get_experiment
 from slotlab.nn.fast_paths import set_fast_paths
@@ -75,13 +75,8 @@ def set_tf32(conv: bool) -> None:
 
 
 def parse_case(spec: str, batch: int) -> tuple[str, int]:
-    name, _, b = spec.partition(":")
-    if b and not (b.isdigit() and int(b) > 0):
-        raise ValueError(f"bench gpu: preset must be NAME or NAME:BATCH, got {spec!r}")
-    cfg = get_experiment(name)
-    if get_task(cfg).synthetic_batch is None:
-        raise ValueError(f"bench gpu: {name!r} is a {cfg.model.task} preset, which this benchmark does not cover")
-    return name, int(b) if b else batch
+    """``NAME`` or ``NAME:BATCH`` -> (preset name, batch)."""
+    return parse_preset(spec, batch, "bench gpu")
 
 
 def build_steps(preset: str, batch: int, modes: list[str], device: torch.device, seed: int = 0

@@ -47,15 +47,22 @@ TRAIN_IMPLS = ("slotlab", "slotlab plain", "keras official")
 Case = tuple[str, dict, int]  # (label, ExperimentConfig.to_dict(), batch size): picklable for the subprocess
 
 
-def parse_case(spec: str, batch: int) -> Case:
-    """``NAME`` or ``NAME:BATCH`` (e.g. ``clevr6:2``) -> (label, config dict, batch)."""
+def parse_preset(spec: str, batch: int, command: str) -> tuple[str, int]:
+    """``NAME`` or ``NAME:BATCH`` (e.g. ``clevr6:2``) -> (preset name, batch); ``command`` names the benchmark in
+    errors. The preset's task must have a synthetic batch (the benchmarks' step)."""
     name, _, b = spec.partition(":")
     if b and not (b.isdigit() and int(b) > 0):
-        raise ValueError(f"bench train: preset must be NAME or NAME:BATCH, got {spec!r}")
+        raise ValueError(f"{command}: preset must be NAME or NAME:BATCH, got {spec!r}")
     cfg = get_experiment(name)
     if get_task(cfg).synthetic_batch is None:
-        raise ValueError(f"bench train: {name!r} is a {cfg.model.task} preset, which this benchmark does not cover")
-    return name, cfg.to_dict(), int(b) if b else batch
+        raise ValueError(f"{command}: {name!r} is a {cfg.model.task} preset, which this benchmark does not cover")
+    return name, int(b) if b else batch
+
+
+def parse_case(spec: str, batch: int) -> Case:
+    """``NAME`` or ``NAME:BATCH`` (e.g. ``clevr6:2``) -> (label, config dict, batch)."""
+    name, batch = parse_preset(spec, batch, "bench train")
+    return name, get_experiment(name).to_dict(), batch
 
 
 def train_flops(cfg: ModelConfig, batch: int) -> float:
