@@ -22,7 +22,7 @@ from slotlab.runs import eval_run, load_model
 def robustness(workdir: Path, data: str, checkpoint: str, limit: int | None) -> list[dict]:
     """One row per setting: T = 3, 5, 7 at the trained K, then K + 2 slots at the trained T."""
     _, cfg = load_model(workdir, checkpoint)
-    k, t = cfg.model.num_slots, cfg.model.num_iters
+    k, t = cfg.model.num_slots, cfg.model.test_iters or cfg.model.num_iters
     settings = [(f"T={n}", None, n) for n in (3, 5, 7)] + [(f"K+2={k + 2}, T={t}", k + 2, None)]
     rows = []
     for label, num_slots, num_iters in settings:

@@ -9,6 +9,9 @@ The card holds the data, the steps, the batch, the training wall time, the machi
 curve (validation FG-ARI / ARI / mBO against training time, from the run's metrics.jsonl), the test metrics of
 the checkpoint chosen on validation on each ``--data`` spec (default: the run's held-out ``test`` split), the
 test-time robustness table (T = 3, 5, 7 and K + 2 slots) and the command that reproduces the run.
+
+``--test-iters 3 4 5 6 7`` also chooses the entry's test-time iterations (``model.test_iters``): the T with the
+best FG-ARI on the run's validation scenes (ties: the smaller T); the card lists every candidate's scores.
 """
 
 from __future__ import annotations
@@ -31,26 +34,38 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def choose_test_iters(run: Path, candidates: list[int]) -> tuple[int, list[dict]]:
+    """The T of ``candidates`` with the best validation FG-ARI (ties: the smaller), and every candidate's row."""
+    rows = [{"T": n, **{k: v for k, v in eval_run(run, "val", "best", num_iters=n).items()
+                        if k in ("fg_ari", "ari", "mbo")}} for n in sorted(candidates)]
+    return max(rows, key=lambda r: (r["fg_ari"], -r["T"]))["T"], rows
+
+
 def write_card(run: Path, entry: Path, name: str, machine: str, command: str, specs: list[str],
-               status: str = "") -> Path:
+               status: str = "", test_iters: list[dict] | None = None) -> Path:
+    """Card, curves and metrics of the zoo entry ``entry`` made from ``run``; the scores are the entry's own (its
+    config, ``model.test_iters`` included)."""
     entry.mkdir(parents=True, exist_ok=True)
-    cfg = ExperimentConfig.load(run / "config.json")
+    cfg = ExperimentConfig.load(entry / "config.json")
     train_rows, val_rows = read_metrics(run)
     last = (train_rows or val_rows)[-1]
     best = max(val_rows, key=lambda r: r["fg_ari"])
     save_curves(run, entry / "curves.png")
-    tests = {spec: eval_run(run, spec, "best") for spec in specs}
-    robust = robustness(run, specs[0], "best", None)
+    tests = {spec: eval_run(entry, spec, "best") for spec in specs}
+    robust = robustness(entry, specs[0], "best", None)
     training = {"steps": last["step"], "hours": round(last["train_seconds"] / 3600, 2), "machine": machine}
     (entry / "metrics.json").write_text(json.dumps({"training": training, "test": tests, "robustness": robust,
-                                                    "best_val": best}, indent=1) + "\n")
+                                                    "best_val": best, "test_iters_val": test_iters or []},
+                                                   indent=1) + "\n")
     m, d, t = cfg.model, cfg.data, cfg.train
+    test_t = m.test_iters or m.num_iters
     lines = [
         f"# `{name}`",
         "",
         *([f"**Status:** {status}", ""] if status else []),
         f"Object discovery with Slot Attention (Locatello et al., NeurIPS 2020), preset `{cfg.name}`: "
-        f"{m.resolution}x{m.resolution} input, K={m.num_slots} slots, T={m.num_iters} iterations, slot size "
+        f"{m.resolution}x{m.resolution} input, K={m.num_slots} slots, T={m.num_iters} iterations in training "
+        f"and {test_t} at test time, slot size "
         f"{m.slot_dim}, {m.decoder} decoder, slot init `{m.slot_init}`, background `{m.background}`"
         + (", implicit gradient with the straight-through initial-slot gradient (BO-QSA)"
            if m.implicit_grad and m.straight_through else "") + ".",
@@ -76,7 +91,11 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
         "",
         "![curves](curves.png)",
         "",
-        "## Test metrics (checkpoint chosen on validation)",
+        *(["## Test-time iterations (chosen on validation scenes)", "",
+           "| T | FG-ARI | ARI | mBO |", "|---:|---:|---:|---:|",
+           *[f"| {r['T']}{' (chosen)' if r['T'] == test_t else ''} | {pct(r['fg_ari'])} | {pct(r['ari'])} | "
+             f"{pct(r['mbo'])} |" for r in test_iters], ""] if test_iters else []),
+        f"## Test metrics (checkpoint chosen on validation, T={test_t})",
         "",
         "| data | scenes | FG-ARI | ARI | mBO |",
         "|---|---:|---:|---:|---:|",
@@ -107,10 +126,13 @@ def main() -> None:
     ap.add_argument("--data", nargs="+", default=["test"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--status", default="", help="a line on the card's top, e.g. how far from converged it is")
+    ap.add_argument("--test-iters", type=int, nargs="+", default=None,
+                    help="candidate test-time T; the best on validation scenes goes into the entry's config")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    add_entry(args.run, args.name, root=args.entry.parent, overwrite=True)
-    card = write_card(args.run, args.entry, args.name, args.machine, args.command, args.data, args.status)
+    chosen, rows = choose_test_iters(args.run, args.test_iters) if args.test_iters else (None, None)
+    add_entry(args.run, args.name, root=args.entry.parent, overwrite=True, test_iters=chosen)
+    card = write_card(args.run, args.entry, args.name, args.machine, args.command, args.data, args.status, rows)
     print(card.read_text())
 
 

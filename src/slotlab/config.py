@@ -22,6 +22,7 @@ class ModelConfig:
     resolution: int = 128  # input and output images are resolution x resolution
     num_slots: int = 7  # K
     num_iters: int = 3  # T
+    test_iters: int = 0  # T in evaluation when a call gives none (0: num_iters); chosen on validation scenes
     slot_dim: int = 64  # D
     mlp_hidden_dim: int = 128  # Slot Attention's residual MLP
     encoder_channels: int = 64

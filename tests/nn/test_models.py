@@ -255,3 +255,19 @@ def test_slot_scale_frame_and_table_in_the_autoencoder():
     with torch.no_grad():
         other = translation_only(image, slots=slots)["recon"]
     assert not torch.allclose(other, out["recon"].detach(), atol=1e-4)  # the attention's spread scales the frame
+
+
+@pytest.mark.parametrize("attention", ["slot", "invariant"])
+def test_test_iters_apply_in_eval_mode_only(attention):
+    cfg = get_experiment("tiny").model
+    cfg.attention, cfg.test_iters = attention, 5
+    cfg.decoder = "mlp"
+    model = SlotAttentionAutoEncoder(cfg)
+    image = torch.rand(2, 3, cfg.resolution, cfg.resolution) * 2 - 1
+    assert model(image)["attns"].shape[1] == cfg.num_iters  # training mode: the training T
+    model.eval()
+    assert model(image)["attns"].shape[1] == 5
+    assert model(image, num_iters=2)["attns"].shape[1] == 2  # an explicit T wins
+    cfg.test_iters = -1
+    with pytest.raises(ValueError, match="model.test_iters"):
+        SlotAttentionAutoEncoder(cfg)

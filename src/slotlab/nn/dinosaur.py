@@ -64,6 +64,7 @@ class Dinosaur(nn.Module):
         self.input_mlp = mlp([feature_dim, feature_dim, cfg.slot_dim], layer_norm=True)
         self.slot_attention = SlotAttention(cfg.num_slots, cfg.slot_dim, cfg.slot_dim, cfg.num_iters,
                                             cfg.mlp_hidden_dim, slot_init=cfg.slot_init)
+        self.slot_attention.test_iters = cfg.test_iters or None
         self.decoder = PatchDecoder(cfg.slot_dim, feature_dim, num_patches, cfg.decoder_channels, cfg.decoder_layers)
 
     def forward(self, features: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,

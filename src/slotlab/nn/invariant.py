@@ -60,7 +60,7 @@ class InvariantSlotAttention(SlotCore):
         B, N, _ = inputs.shape
         if N != self.grid.shape[0]:
             raise ValueError(f"InvariantSlotAttention: expected N = {self.grid.shape[0]} inputs, got {N}")
-        num_iters = self.num_iters if num_iters is None else num_iters
+        num_iters = self.iterations(num_iters)
         if slots is None:
             slots = self.init_slots(B, num_slots or self.num_slots)
         K = slots.shape[1]

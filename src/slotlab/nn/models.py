@@ -65,6 +65,7 @@ class SlotAttentionAutoEncoder(nn.Module):
                 implicit_grad=cfg.implicit_grad, straight_through=cfg.straight_through, slot_init=cfg.slot_init,
             )
             self.slot_attention.check_finite = False  # the image is checked here; NaN weights surface in the loss
+        self.slot_attention.test_iters = cfg.test_iters or None  # T in eval mode (SlotCore.iterations)
         # weight of the attention prior on the masks (mask_source="decoder+attention"); saved with the weights
         self.register_buffer("mask_prior_weight", torch.tensor(1.0))
         self.decoder = build_decoder(cfg)
@@ -144,6 +145,7 @@ class SetPredictor(nn.Module):
             implicit_grad=cfg.implicit_grad, straight_through=cfg.straight_through, slot_init=cfg.slot_init,
         )
         self.slot_attention.check_finite = False  # the image is checked here
+        self.slot_attention.test_iters = cfg.test_iters or None
         self.check_finite = True  # reject NaN/Inf images (a device sync on a GPU; training turns it off there)
         head_in = cfg.slot_dim + (2 if cfg.head_positions else 0)
         self.head = keras_init_(nn.Sequential(nn.Linear(head_in, cfg.head_hidden_dim), nn.ReLU(),
@@ -164,6 +166,8 @@ class SetPredictor(nn.Module):
 
 def validate_model_config(cfg: ModelConfig) -> None:
     """Reject option combinations the model cannot build, naming what is expected."""
+    if not isinstance(cfg.test_iters, int) or cfg.test_iters < 0:
+        raise ValueError(f"model.test_iters must be 0 (= model.num_iters) or a positive int, got {cfg.test_iters!r}")
     if cfg.mask_source not in ("decoder", "attention", "decoder+attention"):
         raise ValueError(
             f"model.mask_source must be 'decoder', 'attention' or 'decoder+attention', got {cfg.mask_source!r}"

@@ -65,6 +65,7 @@ class SlotCore(nn.Module):
         self.input_dim = input_dim
         self.slot_dim = slot_dim
         self.num_iters = num_iters
+        self.test_iters: int | None = None  # T in eval mode when a call gives none (None: num_iters); see iterations
         self.eps = eps
         self.scale = slot_dim**-0.5
         self.slot_init = slot_init
@@ -90,6 +91,14 @@ class SlotCore(nn.Module):
     def reset_parameters(self) -> None:
         """Keras-equivalent initialisation (glorot-uniform kernels, zero biases, orthogonal recurrent kernel)."""
         keras_reset_(self)
+
+    def iterations(self, num_iters: int | None) -> int:
+        """T for a call: ``num_iters`` when given, else ``test_iters`` in eval mode (when set), else ``num_iters``
+        of the constructor. A model trained with implicit gradients approaches a fixed point of the update, so more
+        iterations at test time than in training can help; ``model.test_iters`` is chosen on validation scenes."""
+        if num_iters is not None:
+            return num_iters
+        return self.test_iters if (self.test_iters and not self.training) else self.num_iters
 
     def init_slots(self, batch_size: int, num_slots: int, generator: torch.Generator | None = None) -> Tensor:
         """Initial slots (B, K, D): mu + sigma * noise, a fresh draw on every call (``slot_init="random"``), or the
@@ -194,7 +203,7 @@ class SlotAttention(SlotCore):
             slots, before the renormalisation over inputs); ``attn`` (B, K, N) the last iteration's, ``attns[:, -1]``
             (:class:`SlotCore`); ``init_slots`` (B, K, D) the initial slots used.
         """
-        num_iters = self.num_iters if num_iters is None else num_iters
+        num_iters = self.iterations(num_iters)
         self._check(inputs, num_slots, num_iters, slots, input_mask)
         dtype = self.norm_inputs.weight.dtype  # the dtype rule: floating inputs are cast to the module's dtype
         if inputs.dtype != dtype and not torch.is_autocast_enabled(inputs.device.type):

@@ -66,15 +66,19 @@ def weights_file(directory: str | Path, checkpoint: str = "best") -> Path:
                             "(is it a slotlab run directory that has trained, or a zoo entry?)")
 
 
-def add_entry(run_dir: str | Path, name: str, root: str | Path | None = None, overwrite: bool = False) -> Path:
+def add_entry(run_dir: str | Path, name: str, root: str | Path | None = None, overwrite: bool = False,
+              test_iters: int | None = None) -> Path:
     """Make the zoo entry ``name`` from the run's best checkpoint (else its last): its weights without optimizer
-    state, and its config. The card is written separately. Returns the entry's directory."""
+    state, and its config (with ``model.test_iters`` set when ``test_iters`` is given, a choice made on validation
+    scenes). The card is written separately. Returns the entry's directory."""
     from slotlab.api import build_checked
 
     if not _NAME.match(name):
         raise ValueError(f"zoo name {name!r}: expected lower-case letters, digits, '_', '-' or '.'")
     run_dir = Path(run_dir)
     cfg = ExperimentConfig.load(run_dir / CONFIG)
+    if test_iters is not None:
+        cfg.model.test_iters = 0 if test_iters == cfg.model.num_iters else test_iters
     checkpoint = weights_file(run_dir)
     model = build_checked(cfg, checkpoint)
     meta = load_checkpoint(checkpoint)["state"]
