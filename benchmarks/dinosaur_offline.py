@@ -10,9 +10,14 @@ can be fetched on this machine).
    MSE on the features) on each backbone's features for ``--steps`` steps, for each of ``--seeds``, evaluating
    FG-ARI and mBO on the validation scenes every ``--eval-every`` steps.
 
+With ``--backbone NAME_OR_DIR`` step 1 is skipped: the encoder of a zoo model (e.g. ``tetrominoes``) or of a
+trained run directory is the trained backbone, and the scenes come from its generator with ``--data-seed`` (default
+1), so that none of them was seen while the backbone trained (it trained on seed 0).
+
 Writes ``OUT/dinosaur_offline.json`` (every curve point) and ``OUT/dinosaur_offline.png`` (curves).
 
     OMP_NUM_THREADS=1 python benchmarks/dinosaur_offline.py --ae-minutes 10 --steps 3000 --out runs/dino_offline
+    OMP_NUM_THREADS=1 python benchmarks/dinosaur_offline.py --backbone tetrominoes --steps 3000 --out runs/dino_zoo
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", default="tetrominoes_cpu", help="autoencoder preset whose encoder is trained")
     p.add_argument("--ae-minutes", type=float, default=10.0, help="training time of the autoencoder")
+    p.add_argument("--backbone", default=None, help="a zoo model or run directory whose encoder is the trained "
+                                                   "backbone (no autoencoder is trained)")
+    p.add_argument("--data-seed", type=int, default=1, help="scene seed with --backbone")
     p.add_argument("--steps", type=int, default=3000, help="DINOSAUR training steps per run")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -114,14 +122,22 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    ae_dir = args.out / "autoencoder"
-    cfg = apply_overrides(get_experiment(args.experiment), [
-        f"train.max_minutes={args.ae_minutes}", "train.eval_every=1000000", f"train.num_threads={args.threads}",
-        f"data.train_size={args.train_size}", f"data.val_size={args.val_size}", "data.test_size=16"])
-    # 1. the offline backbone: a slotlab autoencoder's encoder (resumed if this folder already trained it)
-    print(f"training the {args.experiment} autoencoder for {args.ae_minutes:g} min ...", flush=True)
-    ae = train(cfg, ae_dir, resume=(ae_dir / "checkpoints" / "last.safetensors").is_file(), progress=False)
-    trained, _ = load_model(ae_dir, "last")
+    sizes = [f"train.num_threads={args.threads}", f"data.train_size={args.train_size}",
+             f"data.val_size={args.val_size}", "data.test_size=16"]
+    if args.backbone:  # 1. the offline backbone: a trained model's encoder
+        from slotlab.zoo import entries, entry_dir
+
+        source = entry_dir(args.backbone) if args.backbone in entries() else Path(args.backbone)
+        trained, trained_cfg = load_model(source, "best")
+        cfg = apply_overrides(trained_cfg, [*sizes, f"data.seed={args.data_seed}"])
+        ae = {"source": str(source)}
+    else:  # 1. the offline backbone: a slotlab autoencoder's encoder (resumed if this folder already trained it)
+        ae_dir = args.out / "autoencoder"
+        cfg = apply_overrides(get_experiment(args.experiment), [
+            f"train.max_minutes={args.ae_minutes}", "train.eval_every=1000000", *sizes])
+        print(f"training the {args.experiment} autoencoder for {args.ae_minutes:g} min ...", flush=True)
+        ae = train(cfg, ae_dir, resume=(ae_dir / "checkpoints" / "last.safetensors").is_file(), progress=False)
+        trained, _ = load_model(ae_dir, "last")
     torch.manual_seed(12345)
     random = build_model(cfg.model)  # the same architecture, untrained
     # 2. cached features
@@ -141,7 +157,7 @@ def main() -> None:
             values = [final[f"{name}/seed{s}"][metric] for s in args.seeds]
             summary[f"{name}_{metric}"] = {"mean": float(np.mean(values)), "values": values}
     record = {"args": {k: str(v) for k, v in vars(args).items()}, "autoencoder": {k: ae.get(k) for k in
-              ("step", "train_seconds", "fg_ari", "mbo")}, "summary": summary, "curves": results}
+              ("source", "step", "train_seconds", "fg_ari", "mbo")}, "summary": summary, "curves": results}
     (args.out / "dinosaur_offline.json").write_text(json.dumps(record, indent=1) + "\n")
     plot(results, args.out / "dinosaur_offline.png")
     print(json.dumps(summary, indent=1))
