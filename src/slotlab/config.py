@@ -41,7 +41,11 @@ class ModelConfig:
     implicit_grad: bool = False  # detach slots before the last iteration (Chang et al. 2022)
     straight_through: bool = False  # with implicit_grad: that gradient goes to the initial slots (BO-QSA)
     attention: str = "slot"  # "slot" (the paper) or "invariant" (slot-centric frames, Biza et al. 2023; mlp decoder)
-    slot_init: str = "random"  # "random" (paper: shared mu, sigma) or "learned" (one vector per slot, BO-QSA)
+    slot_init: str = "random"  # "random" (paper: shared mu, sigma), "learned" (one vector per slot, BO-QSA) or
+    #                            "farthest" (farthest-point seeds among the inputs' values; slotlab)
+    attn_temperature: float = 1.0  # attention logits divided by this at step 0 ...
+    attn_temperature_steps: int = 0  # ... falling linearly to 1 over these steps (0 = always 1)
+    decoder_norm: str = "none"  # mlp decoder: "layer" puts a LayerNorm before each hidden ReLU
     grid_hidden_dim: int = 64  # invariant: hidden size of the relative-position key encoder
     decoder_frame: str = "image"  # mlp decoder: "image" coordinates, or each slot's "slot" frame (translation)
     #                               or "slot_scale" (translation and scale), from its attention (ISA)
@@ -103,6 +107,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the encoder, decoder and head; eager if it fails (compilation.py)
     compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune"
     device: str = "auto"  # "auto" (the GPU when CUDA is available, else the CPU), "cpu", "cuda" or "cuda:N"
+    # training aids (slotlab.curricula), all off by default:
+    object_curriculum_steps: int = 0  # mixed curriculum on the number of objects over these steps (Tetrominoes)
+    low_res: int = 0  # progressive resolution: train at low_res x low_res pixels ...
+    low_res_steps: int = 0  # ... for these steps, then at model.resolution
+    decoder_lr_scale: float = 1.0  # the decoder's learning rate, as a multiple of the schedule's
+    slot_attention_lr_scale: float = 1.0  # Slot Attention's learning rate, as a multiple of the schedule's
 
 
 @dataclass

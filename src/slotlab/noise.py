@@ -42,6 +42,8 @@ def seeded_forward(model: nn.Module, images: Tensor, seed: int, num_slots: int |
     sa = getattr(model, "slot_attention", None)
     if sa is None:  # no slots to seed (e.g. a stand-in model in tests): one batched call
         return model(images, num_slots=num_slots, num_iters=num_iters)
+    if getattr(sa, "slot_init", "random") == "farthest":  # initial slots from the image itself: no noise
+        return model(images, num_slots=num_slots, num_iters=num_iters)
     seeds = image_seeds(images, seed)
     if isinstance(sa, SlotAttention):
         slots = seeded_initial_slots(sa, seeds, num_slots)

@@ -66,6 +66,8 @@ class Task:
     #                         spec names the dataset in the config (features: coco:DIR, voc:DIR, folder:DIR)
     zoo_comparison: bool = field(default=False, kw_only=True)  # `slotlab demo` sets the run beside the zoo model
     #                         of its built-in dataset, on held-out scenes, in its report (compare.py)
+    image_aids: bool = field(default=False, kw_only=True)  # the image training aids of slotlab.curricula (object
+    #                         curriculum, progressive resolution) apply: an image autoencoder's batches and model
 
     def build_model(self, cfg: ExperimentConfig | ModelConfig) -> nn.Module:
         """The task's network for ``cfg`` (an experiment or its model section)."""
@@ -175,7 +177,7 @@ TASKS: dict[str, Task] = {
         "autoencoder", build_splits, lambda split, index: split.batch(index, False), _reconstruction_loss,
         evaluate, format_metrics, "fg_ari", model=SlotAttentionAutoEncoder,
         curves={"fg_ari": "FG-ARI", "ari": "ARI", "mbo": "mBO"}, draw=_draw_scenes, scene_specs=True,
-        synthetic_batch=_random_images, zoo_comparison=True),
+        synthetic_batch=_random_images, zoo_comparison=True, image_aids=True),
     "set_prediction": Task(
         "set_prediction", build_set_splits, lambda split, index: split.batch(index), _set_loss,
         evaluate_set, format_set_metrics, "ap_mean", model=SetPredictor,

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from slotlab.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from slotlab.compilation import compile_model
 from slotlab.config import ExperimentConfig, validate_train_config
+from slotlab.curricula import check_curricula, low_resolution_twin, paint_out_objects, param_groups, resize_images
 from slotlab.distributed import setup
 from slotlab.nn.models import set_step
 from slotlab.nn.precision import autocast, check_precision, resolve_precision
@@ -316,13 +317,25 @@ class Trainer:
         self.stepper = model  # what the step calls: the model, or its DDP wrapper (set by the caller)
         self.progress: Progress | None = None
         self.last_eval_step = -1
+        self.twin = low_resolution_twin(model, cfg, self.tc.low_res) if self.tc.low_res_steps > 0 else None
 
     def batch(self, step: int) -> dict:
         """This rank's share of the batch at ``step`` (the whole batch on one process), on the device."""
         train_set = self.splits["train"]
         index = batch_indices(step, self.tc.seed, self.tc.batch_size, len(train_set))
         index = index[self.dist.rank::self.dist.world_size]
-        return to_device(self.task.batch(train_set, index), self.device)
+        batch = self.task.batch(train_set, index)
+        if step < self.tc.object_curriculum_steps:  # slotlab.curricula: all but n objects painted out
+            batch["image"] = paint_out_objects(batch["image"], train_set.labels[index], step,
+                                               self.tc.object_curriculum_steps, self.tc.seed)
+        if step < self.tc.low_res_steps:  # progressive resolution: the twin's smaller images
+            batch["image"] = resize_images(batch["image"], self.tc.low_res)
+        return to_device(batch, self.device)
+
+    def step_model(self, step: int) -> torch.nn.Module:
+        """What the step at ``step`` runs: the low-resolution twin early in progressive resolution, else the model
+        (or its DDP wrapper)."""
+        return self.twin if self.twin is not None and step < self.tc.low_res_steps else self.stepper
 
     def check_weights(self) -> None:
         """The loss check covers the forward; a finite loss can still come with non-finite gradients and weights."""
@@ -421,6 +434,7 @@ def _build(cfg: ExperimentConfig, run: RunDir, resume: bool, splits: dict | None
                          f"{dist.world_size} processes")
     changes = start_run(run, cfg, resume, data_record, allow) if dist.main else {}
     dist.barrier()
+    check_curricula(cfg)
     set_threads(tc.num_threads)
     log.info("precision: %s (%s)", *resolve_precision(tc.precision, dist.device))
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
@@ -438,7 +452,7 @@ def _build(cfg: ExperimentConfig, run: RunDir, resume: bool, splits: dict | None
     if device.type == "cuda":  # no per-step device sync: data are uint8 scenes, and a NaN shows in the loss check
         model.check_finite = False
     # fused Adam on a GPU: one kernel for every parameter (same update rule)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.0, eps=tc.adam_eps, fused=device.type == "cuda")
+    optimizer = torch.optim.Adam(param_groups(model, tc), lr=0.0, eps=tc.adam_eps, fused=device.type == "cuda")
     state = TrainState()
     if resume:  # every rank loads the checkpoint; rank 0 alone then writes the config and the history
         state = restore(run, cfg, model, optimizer, device, changes, allow, data_record) if dist.main else \
@@ -501,10 +515,13 @@ def _train(cfg: ExperimentConfig, run: RunDir, resume: bool, progress: bool, spl
                 # lr
                 lr = lr_at(state.step, tc)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 set_step(model, state.step)
                 # step
-                loss = train_step(trainer.stepper, optimizer, trainer.task, trainer.batch(state.step), tc.precision,
+                stepper = trainer.step_model(state.step)
+                if stepper is trainer.twin:
+                    set_step(stepper, state.step)
+                loss = train_step(stepper, optimizer, trainer.task, trainer.batch(state.step), tc.precision,
                                   tc.grad_clip)
                 nonfinite |= ~torch.isfinite(loss)
                 state.step += 1

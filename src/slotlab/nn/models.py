@@ -31,7 +31,7 @@ def build_decoder(cfg: ModelConfig) -> nn.Module:
         return UpsampleBroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, (cfg.broadcast_size,) * 2)
     if cfg.decoder == "mlp":
         return MLPDecoder(cfg.slot_dim, res, cfg.decoder_channels, cfg.decoder_layers, cfg.decoder_freqs,
-                          table=cfg.decoder_table)
+                          table=cfg.decoder_table, norm=cfg.decoder_norm)
     raise ValueError(f"unknown decoder {cfg.decoder!r}; expected one of 'broadcast', 'upsample', 'mlp'")
 
 
@@ -168,6 +168,13 @@ def validate_model_config(cfg: ModelConfig) -> None:
     """Reject option combinations the model cannot build, naming what is expected."""
     if not isinstance(cfg.test_iters, int) or cfg.test_iters < 0:
         raise ValueError(f"model.test_iters must be 0 (= model.num_iters) or a positive int, got {cfg.test_iters!r}")
+    if cfg.slot_init == "farthest" and cfg.attention != "slot":
+        raise ValueError("model.slot_init='farthest' needs model.attention='slot'")
+    if cfg.decoder_norm != "none" and cfg.decoder != "mlp":
+        raise ValueError(f"model.decoder_norm={cfg.decoder_norm!r} is for decoder='mlp', not {cfg.decoder!r}")
+    if not cfg.attn_temperature > 0 or cfg.attn_temperature_steps < 0:
+        raise ValueError(f"model.attn_temperature must be > 0 and model.attn_temperature_steps >= 0, got "
+                         f"{cfg.attn_temperature!r} and {cfg.attn_temperature_steps!r}")
     if cfg.mask_source not in ("decoder", "attention", "decoder+attention"):
         raise ValueError(
             f"model.mask_source must be 'decoder', 'attention' or 'decoder+attention', got {cfg.mask_source!r}"
@@ -200,9 +207,13 @@ def set_step(model: SlotAttentionAutoEncoder, step: int) -> None:
 
     - ``mask_prior_steps``: the attention prior's weight on the masks falls from 1 to 0, after which the masks
       are the decoder's alone (the paper's model);
-    - ``decoder_freq_steps``: the MLP decoder's Fourier bands open coarse-to-fine.
+    - ``decoder_freq_steps``: the MLP decoder's Fourier bands open coarse-to-fine;
+    - ``attn_temperature_steps``: the attention temperature falls linearly from ``attn_temperature`` to 1.
     """
     cfg = model.cfg
+    if cfg.attn_temperature_steps > 0:
+        progress = min(1.0, step / cfg.attn_temperature_steps)
+        model.slot_attention.temperature = cfg.attn_temperature + (1.0 - cfg.attn_temperature) * progress
     if cfg.mask_prior_steps > 0:
         model.mask_prior_weight.fill_(max(0.0, 1.0 - step / cfg.mask_prior_steps))
     if cfg.decoder_freq_steps > 0 and isinstance(model.decoder, MLPDecoder):

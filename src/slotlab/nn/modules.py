@@ -268,8 +268,10 @@ class MLPDecoder(nn.Module):
     """
 
     def __init__(self, slot_dim: int, resolution: tuple[int, int], hidden: int = 64, num_layers: int = 3,
-                 num_freqs: int = 0, table: bool = False) -> None:
+                 num_freqs: int = 0, table: bool = False, norm: str = "none") -> None:
         super().__init__()
+        if norm not in ("none", "layer"):
+            raise ValueError(f"MLPDecoder: norm must be 'none' or 'layer', got {norm!r}")
         self.resolution = resolution
         self.num_freqs = num_freqs
         # ``table``: a learned feature for every relative pixel offset (2H-1 x 2W-1, sampled bilinearly), so the
@@ -282,10 +284,13 @@ class MLPDecoder(nn.Module):
         self.pos_proj = nn.Linear(2 + 4 * num_freqs, hidden, bias=False)
         # per-band weights of the Fourier features: a coarse-to-fine schedule can open the bands one by one
         self.register_buffer("band_weights", torch.ones(num_freqs))
+        def activation() -> list[nn.Module]:  # ``norm="layer"``: LayerNorm over the hidden units, then ReLU
+            return [nn.LayerNorm(hidden), nn.ReLU()] if norm == "layer" else [nn.ReLU()]
+
         layers: list[nn.Module] = []
         for _ in range(num_layers - 1):
-            layers += [nn.ReLU(), nn.Linear(hidden, hidden)]
-        layers += [nn.ReLU(), nn.Linear(hidden, 4)]
+            layers += [*activation(), nn.Linear(hidden, hidden)]
+        layers += [*activation(), nn.Linear(hidden, 4)]
         self.body = nn.Sequential(*layers)
         keras_init_(self)
 

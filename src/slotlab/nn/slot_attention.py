@@ -59,15 +59,15 @@ class SlotCore(nn.Module):
                            ("num_iters", num_iters), ("mlp_hidden_dim", mlp_hidden_dim)]:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: {key} must be a positive int, got {value!r}")
-        if slot_init not in ("random", "learned"):
-            raise ValueError(f"{name}: slot_init must be 'random' or 'learned', got {slot_init!r}")
+        if slot_init not in ("random", "learned", "farthest"):
+            raise ValueError(f"{name}: slot_init must be 'random', 'learned' or 'farthest', got {slot_init!r}")
         self.num_slots = num_slots
         self.input_dim = input_dim
         self.slot_dim = slot_dim
         self.num_iters = num_iters
         self.test_iters: int | None = None  # T in eval mode when a call gives none (None: num_iters); see iterations
         self.eps = eps
-        self.scale = slot_dim**-0.5
+        self.temperature = 1.0  # attention logits are divided by it (a training schedule may set it; models.set_step)
         self.slot_init = slot_init
 
         self.norm_inputs = nn.LayerNorm(input_dim, eps=ln_eps)
@@ -92,6 +92,11 @@ class SlotCore(nn.Module):
         """Keras-equivalent initialisation (glorot-uniform kernels, zero biases, orthogonal recurrent kernel)."""
         keras_reset_(self)
 
+    @property
+    def scale(self) -> float:
+        """The attention logits' scale: slot_dim ** -0.5 (the paper) divided by ``temperature``."""
+        return self.slot_dim**-0.5 / self.temperature
+
     def iterations(self, num_iters: int | None) -> int:
         """T for a call: ``num_iters`` when given, else ``test_iters`` in eval mode (when set), else ``num_iters``
         of the constructor. A model trained with implicit gradients approaches a fixed point of the update, so more
@@ -105,7 +110,11 @@ class SlotCore(nn.Module):
         learned ones (``"learned"``). With learned slots, ``num_slots`` above the trained K keeps the K learned
         slots and draws the extra ones around them: noise with the mean and the standard deviation (over the K
         learned slots, per dimension) of the learned vectors. Fewer slots than K are refused (which learned slots
-        to drop is undefined). ``generator`` (on any device) makes the noise reproducible."""
+        to drop is undefined). ``generator`` (on any device) makes the noise reproducible. ``"farthest"`` depends
+        on the inputs: :meth:`SlotAttention.farthest_slots`."""
+        if self.slot_init == "farthest":
+            raise ValueError(f"{type(self).__name__}: slot_init='farthest' seeds the slots from the inputs; "
+                             "call the module on them (SlotAttention.farthest_slots)")
         if self.slot_init == "learned":
             learned = self.slots_init.expand(batch_size, -1, -1)  # (B, K, D)
             extra = num_slots - self.num_slots
@@ -210,11 +219,13 @@ class SlotAttention(SlotCore):
             inputs = inputs.to(dtype)
             slots = None if slots is None else slots.to(dtype)
         B, N, _ = inputs.shape
-        if slots is None:
+        inputs = self.norm_inputs(inputs)
+        if slots is None and self.slot_init == "farthest":
+            slots = self.farthest_slots(inputs, num_slots or self.num_slots, input_mask)
+        elif slots is None:
             slots = self.init_slots(B, num_slots or self.num_slots).to(inputs.dtype)
         init_slots = slots
 
-        inputs = self.norm_inputs(inputs)
         if self._use_fast(inputs, input_mask):
             slots, attns = fast_iterations(self, inputs, slots, num_iters)
             return {"slots": slots, "attn": attns[:, -1], "attns": attns, "init_slots": init_slots}
@@ -231,6 +242,30 @@ class SlotAttention(SlotCore):
             slots, attn = self.step(slots, k, v, keep)
             attns.append(attn)
         return {"slots": slots, "attn": attns[-1], "attns": torch.stack(attns, dim=1), "init_slots": init_slots}
+
+    def farthest_slots(self, inputs: Tensor, num_slots: int, input_mask: Tensor | None = None) -> Tensor:
+        """Data-dependent initial slots (``slot_init="farthest"``): the values v = to_v(x) of K inputs picked by
+        farthest-point sampling in value space, the first the farthest from the mean value, each next one the
+        farthest from those already picked. (B, N, Din) normalised inputs -> (B, K, D); the choice has no gradient,
+        the picked values do (through to_v). Deterministic: no noise."""
+        v = self.to_v(inputs)  # (B, N, D)
+        with torch.no_grad():
+            points = v.detach().float()
+            B = points.shape[0]
+            rows = torch.arange(B, device=points.device)
+            distance = (points - points.mean(dim=1, keepdim=True)).square().sum(-1)  # (B, N) from the mean
+            if input_mask is not None:
+                distance = distance.masked_fill(input_mask, -math.inf)
+            picks = []
+            for _ in range(num_slots):
+                pick = distance.argmax(dim=1)  # (B,)
+                picks.append(pick)
+                to_pick = (points - points[rows, pick][:, None]).square().sum(-1)  # (B, N)
+                distance = torch.minimum(distance, to_pick) if len(picks) > 1 else to_pick
+                if input_mask is not None:
+                    distance = distance.masked_fill(input_mask, -math.inf)
+            index = torch.stack(picks, dim=1)  # (B, K)
+        return v.gather(1, index[..., None].expand(-1, -1, v.shape[-1]))
 
     def _use_fast(self, inputs: Tensor, input_mask: Tensor | None) -> bool:
         return (self.fast and input_mask is None and inputs.shape[0] * inputs.shape[1] >= self.fast_min_inputs
