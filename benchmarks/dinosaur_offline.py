@@ -48,6 +48,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--backbone", default=None, help="a zoo model or run directory whose encoder is the trained "
                                                    "backbone (no autoencoder is trained)")
     p.add_argument("--data-seed", type=int, default=1, help="scene seed with --backbone")
+    p.add_argument("--pool", type=int, default=1, help="average pool x pool feature blocks into one token")
     p.add_argument("--steps", type=int, default=3000, help="DINOSAUR training steps per run")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -60,10 +61,18 @@ def parse_args() -> argparse.Namespace:
 
 
 @torch.no_grad()
-def cache(encoder: torch.nn.Module, scenes, name: str) -> FeatureSplit:
-    """Every scene's encoder features, computed once: float32 (items, N, C) in memory."""
+def cache(encoder: torch.nn.Module, scenes, name: str, pool: int = 1) -> FeatureSplit:
+    """Every scene's encoder features, computed once: float32 (items, N, C) in memory. ``pool`` > 1 averages
+    pool x pool blocks of the feature map (B, C, H, W) into one token, as a ViT's patches do (N = (H // pool)^2)."""
     encoder.eval()
-    feats = [encoder(scenes.batch(slice(i, i + 64), False)["image"]) for i in range(0, len(scenes), 64)]
+    feats = []
+    for i in range(0, len(scenes), 64):
+        f = encoder(scenes.batch(slice(i, i + 64), False)["image"])  # (B, N, C)
+        if pool > 1:
+            side = int(round(f.shape[1] ** 0.5))
+            grid = f.transpose(1, 2).reshape(f.shape[0], f.shape[2], side, side)  # (B, C, H, W)
+            f = torch.nn.functional.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)  # (B, N', C)
+        feats.append(f)
     return FeatureSplit(SceneSource(scenes, name), None, torch.cat(feats).numpy())
 
 
@@ -142,7 +151,8 @@ def main() -> None:
     random = build_model(cfg.model)  # the same architecture, untrained
     # 2. cached features
     scenes = build_splits(cfg.data)
-    splits = {name: (cache(m.encoder, scenes["train"], f"{name}/train"), cache(m.encoder, scenes["val"], f"{name}/val"))
+    splits = {name: (cache(m.encoder, scenes["train"], f"{name}/train", args.pool),
+                     cache(m.encoder, scenes["val"], f"{name}/val", args.pool))
               for name, m in (("trained", trained), ("random", random))}
     # 3. DINOSAUR on each backbone, each seed
     results = {}
