@@ -53,7 +53,9 @@ def plot(results: dict, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, required=True)
-    p.add_argument("--variant", action="append", required=True, help="NAME=PRESET[:KEY=VALUE,...]")
+    p.add_argument("--variant", action="append", default=[], help="NAME=PRESET[:KEY=VALUE,...]")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: tabulate and draw every run already in WORKDIR (e.g. of several sweeps)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="applied to every variant")
     p.add_argument("--steps", type=int, default=30000)
     p.add_argument("--every", type=int, default=1000, help="validation every this many steps")
@@ -61,6 +63,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads per run")
     p.add_argument("--parallel", type=int, default=0, help="runs at a time (0 = all)")
     args = p.parse_args()
+    if args.collect:
+        report(collect(args.workdir), args.workdir)
+        return
+    if not args.variant:
+        p.error("give at least one --variant (or --collect)")
 
     common = [f"train.steps={args.steps}", f"train.eval_every={args.every}", "train.eval_every_minutes=0",
               f"train.checkpoint_every={args.every * 5}", f"train.max_minutes={args.minutes}",
@@ -91,13 +98,28 @@ def main() -> None:
     results = {}
     for name in [spec.partition("=")[0] for spec in args.variant]:
         proc, spec = done[name]
-        metrics = args.workdir / name / "metrics.jsonl"
-        ok = proc.returncode == 0 and metrics.is_file()
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if ok else []
-        results[name] = {"spec": spec, "returncode": proc.returncode,
-                         "val": [{k: r[k] for k in ("step", "train_seconds", *COLUMNS)} for r in rows
-                                 if r["kind"] == "val"]}
-    (args.workdir / "sweep.json").write_text(json.dumps(results, indent=1) + "\n")
+        results[name] = {"spec": spec, "returncode": proc.returncode, "val": val_rows(args.workdir / name)}
+    report(results, args.workdir)
+
+
+def val_rows(run: Path) -> list[dict]:
+    """The validation rows of a run directory's metrics.jsonl (step, training seconds, FG-ARI, ARI, mBO)."""
+    metrics = run / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    return [{k: r[k] for k in ("step", "train_seconds", *COLUMNS)} for r in rows if r["kind"] == "val"]
+
+
+def collect(workdir: Path) -> dict:
+    """Every run directory under ``workdir``, sorted by name (variants of one NAME together)."""
+    runs = sorted((d for d in workdir.iterdir() if (d / "metrics.jsonl").is_file()),
+                  key=lambda d: (d.name.split(".s")[0], d.name))
+    return {d.name: {"spec": json.loads((d / "config.json").read_text())["name"], "returncode": 0,
+                     "val": val_rows(d)} for d in runs}
+
+
+def report(results: dict, workdir: Path) -> None:
+    """sweep.json, sweep.png and the markdown tables (one per metric) of ``results``."""
+    (workdir / "sweep.json").write_text(json.dumps(results, indent=1) + "\n")
     for column in COLUMNS:
         steps = sorted({r["step"] for res in results.values() for r in res["val"]})
         print(f"\nval {column} (%) by step\n")
@@ -107,10 +129,10 @@ def main() -> None:
             by_step = {r["step"]: r[column] for r in res["val"]}
             cells = [f"{100 * by_step[s]:.1f}" if s in by_step else "" for s in steps]
             print(f"| {name} | " + " | ".join(cells) + " |")
-    plot(results, args.workdir / "sweep.png")
+    plot(results, workdir / "sweep.png")
     for name, res in results.items():
         if res["returncode"]:
-            print(f"{name}: exit {res['returncode']} (see {args.workdir / (name + '.log')})")
+            print(f"{name}: exit {res['returncode']} (see {workdir / (name + '.log')})")
 
 
 if __name__ == "__main__":
