@@ -1,5 +1,5 @@
-"""Test-time robustness of a trained object-discovery model: FG-ARI / ARI / mBO at T = 3, 5, 7 iterations and at
-K + 2 slots, on the same scenes.
+"""Test-time robustness of a trained model: its task's metrics (FG-ARI / ARI / mBO for object discovery, AP for
+set prediction) at T = 3, 5, 7 iterations and at K + 2 slots, on the same scenes.
 
     python benchmarks/robustness.py RUN_DIR [--data test] [--checkpoint best] [--json out.json]
 
@@ -17,6 +17,7 @@ import torch
 
 from slotlab.bench import cpu_name
 from slotlab.runs import eval_run, load_model
+from slotlab.tasks import get_task
 
 
 def robustness(workdir: Path, data: str, checkpoint: str, limit: int | None) -> list[dict]:
@@ -27,7 +28,7 @@ def robustness(workdir: Path, data: str, checkpoint: str, limit: int | None) -> 
     rows = []
     for label, num_slots, num_iters in settings:
         result = eval_run(workdir, data, checkpoint, num_slots=num_slots, num_iters=num_iters, limit=limit)
-        rows.append({"setting": label, **{m: result[m] for m in ("fg_ari", "ari", "mbo")}})
+        rows.append({"setting": label, **{m: result[m] for m in get_task(cfg).curves}})
     return rows
 
 
@@ -42,10 +43,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = robustness(args.workdir, args.data, args.checkpoint, args.limit)
+    labels = get_task(load_model(args.workdir, args.checkpoint)[1]).curves
     print(f"{args.workdir} ({args.checkpoint}) on {args.data}; CPU: {cpu_name()}\n")
-    print("| setting | FG-ARI | ARI | mBO |\n|---|---:|---:|---:|")
+    print(f"| setting | {' | '.join(labels.values())} |\n|---|" + "---:|" * len(labels))
     for r in rows:
-        print(f"| {r['setting']} | {100 * r['fg_ari']:.1f} | {100 * r['ari']:.1f} | {100 * r['mbo']:.1f} |")
+        print(f"| {r['setting']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in labels) + " |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

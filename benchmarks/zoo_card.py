@@ -26,6 +26,7 @@ from robustness import robustness
 from slotlab.bench import cpu_name
 from slotlab.config import ExperimentConfig
 from slotlab.runs import eval_run
+from slotlab.tasks import get_task
 from slotlab.viz import read_metrics, save_curves
 from slotlab.zoo import add_entry
 
@@ -35,10 +36,28 @@ def pct(x: float) -> str:
 
 
 def choose_test_iters(run: Path, candidates: list[int]) -> tuple[int, list[dict]]:
-    """The T of ``candidates`` with the best validation FG-ARI (ties: the smaller), and every candidate's row."""
-    rows = [{"T": n, **{k: v for k, v in eval_run(run, "val", "best", num_iters=n).items()
-                        if k in ("fg_ari", "ari", "mbo")}} for n in sorted(candidates)]
-    return max(rows, key=lambda r: (r["fg_ari"], -r["T"]))["T"], rows
+    """The T of ``candidates`` with the best validation score (the task's ``select_metric``, FG-ARI for object
+    discovery; ties: the smaller T), and every candidate's row."""
+    task = get_task(ExperimentConfig.load(run / "config.json"))
+    keys = (*task.curves, task.select_metric)
+    rows = [{"T": n, **{k: v for k, v in eval_run(run, "val", "best", num_iters=n).items() if k in keys}}
+            for n in sorted(candidates)]
+    return max(rows, key=lambda r: (r[task.select_metric], -r["T"]))["T"], rows
+
+
+def describe(cfg: ExperimentConfig, test_t: int) -> str:
+    """The card's first sentence: what the model is."""
+    m = cfg.model
+    common = (f"preset `{cfg.name}`: {m.resolution}x{m.resolution} input, K={m.num_slots} slots, T={m.num_iters} "
+              f"iterations in training and {test_t} at test time, slot size {m.slot_dim}, slot init `{m.slot_init}`"
+              + (", implicit gradient with the straight-through initial-slot gradient (BO-QSA)"
+                 if m.implicit_grad and m.straight_through else ""))
+    if get_task(cfg).zoo_comparison:  # object discovery
+        return (f"Object discovery with Slot Attention (Locatello et al., NeurIPS 2020), {common}, {m.decoder} "
+                f"decoder, background `{m.background}`.")
+    return (f"Set prediction with Slot Attention (Locatello et al., NeurIPS 2020), {common}, a per-slot property "
+            f"head matched to the objects by the Hungarian algorithm"
+            + (" (each slot's attention centroid beside it)" if m.head_positions else "") + ".")
 
 
 def write_card(run: Path, entry: Path, name: str, machine: str, command: str, specs: list[str],
@@ -47,9 +66,12 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
     config, ``model.test_iters`` included)."""
     entry.mkdir(parents=True, exist_ok=True)
     cfg = ExperimentConfig.load(entry / "config.json")
+    task = get_task(cfg)
+    labels = task.curves  # {metric key: label}, e.g. FG-ARI / ARI / mBO
+    header = " | ".join(labels.values())
     train_rows, val_rows = read_metrics(run)
     last = (train_rows or val_rows)[-1]
-    best = max(val_rows, key=lambda r: r["fg_ari"])
+    best = max(val_rows, key=lambda r: r[task.select_metric])
     save_curves(run, entry / "curves.png")
     tests = {spec: eval_run(entry, spec, "best") for spec in specs}
     robust = robustness(entry, specs[0], "best", None)
@@ -59,16 +81,15 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
                                                    indent=1) + "\n")
     m, d, t = cfg.model, cfg.data, cfg.train
     test_t = m.test_iters or m.num_iters
+
+    def cells(r: dict) -> str:
+        return " | ".join(pct(r[k]) for k in labels)
+
     lines = [
         f"# `{name}`",
         "",
         *([f"**Status:** {status}", ""] if status else []),
-        f"Object discovery with Slot Attention (Locatello et al., NeurIPS 2020), preset `{cfg.name}`: "
-        f"{m.resolution}x{m.resolution} input, K={m.num_slots} slots, T={m.num_iters} iterations in training "
-        f"and {test_t} at test time, slot size "
-        f"{m.slot_dim}, {m.decoder} decoder, slot init `{m.slot_init}`, background `{m.background}`"
-        + (", implicit gradient with the straight-through initial-slot gradient (BO-QSA)"
-           if m.implicit_grad and m.straight_through else "") + ".",
+        describe(cfg, test_t),
         "",
         "## Training",
         "",
@@ -78,8 +99,8 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
         f"Adam, lr {t.lr:g}, warmup {t.warmup_steps}, decay {t.decay_rate:g} per {t.decay_steps:,} steps",
         f"- training wall time: {last['train_seconds'] / 3600:.2f} h (evaluation excluded)",
         f"- machine: {machine}; precision `{t.precision}`",
-        f"- checkpoint: step {best['step']:,}, the best validation FG-ARI ({pct(best['fg_ari'])}; ARI "
-        f"{pct(best['ari'])}, mBO {pct(best['mbo'])})",
+        f"- checkpoint: step {best['step']:,}, the best validation `{task.select_metric}` "
+        f"({'; '.join(f'{label} {pct(best[k])}' for k, label in labels.items())})",
         "",
         "Reproduce (resumable: repeat with `--resume` until the step count is reached):",
         "",
@@ -92,21 +113,20 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
         "![curves](curves.png)",
         "",
         *(["## Test-time iterations (chosen on validation scenes)", "",
-           "| T | FG-ARI | ARI | mBO |", "|---:|---:|---:|---:|",
-           *[f"| {r['T']}{' (chosen)' if r['T'] == test_t else ''} | {pct(r['fg_ari'])} | {pct(r['ari'])} | "
-             f"{pct(r['mbo'])} |" for r in test_iters], ""] if test_iters else []),
+           f"| T | {header} |", "|---:|" + "---:|" * len(labels),
+           *[f"| {r['T']}{' (chosen)' if r['T'] == test_t else ''} | {cells(r)} |" for r in test_iters], ""]
+          if test_iters else []),
         f"## Test metrics (checkpoint chosen on validation, T={test_t})",
         "",
-        "| data | scenes | FG-ARI | ARI | mBO |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| `{spec}` | {int(r['num_scenes'])} | {pct(r['fg_ari'])} | {pct(r['ari'])} | {pct(r['mbo'])} |"
-          for spec, r in tests.items()],
+        f"| data | scenes | {header} |",
+        "|---|---:|" + "---:|" * len(labels),
+        *[f"| `{spec}` | {int(r['num_scenes'])} | {cells(r)} |" for spec, r in tests.items()],
         "",
         f"## Test-time robustness (`{specs[0]}`)",
         "",
-        "| setting | FG-ARI | ARI | mBO |",
-        "|---|---:|---:|---:|",
-        *[f"| {r['setting']} | {pct(r['fg_ari'])} | {pct(r['ari'])} | {pct(r['mbo'])} |" for r in robust],
+        f"| setting | {header} |",
+        "|---|" + "---:|" * len(labels),
+        *[f"| {r['setting']} | {cells(r)} |" for r in robust],
         "",
         f"Evaluated on {cpu_name()}.",
         "",
