@@ -145,3 +145,14 @@ def test_weights_file_of_an_entry_or_a_run(tmp_path):
     (checkpoints / "best.safetensors").write_bytes(b"")
     assert zoo.weights_file(tmp_path / "run") == checkpoints / "best.safetensors"
     assert zoo.weights_file(tmp_path / "run", "last") == checkpoints / "last.safetensors"
+
+
+def test_a_bare_zoo_name_wins_over_a_folder_of_that_name(tiny_zoo, tmp_path, monkeypatch):
+    run, _ = tiny_zoo
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-test").mkdir()  # an unrelated folder named like the zoo entry
+    assert slotlab.load("tiny-test").source == "tiny-test"  # the zoo entry, not the empty folder
+    shutil.copytree(run, tmp_path / "myrun")
+    assert slotlab.load("myrun").config.name == "tiny"  # not a zoo name: the run directory
+    with pytest.raises(FileNotFoundError):
+        slotlab.load("./tiny-test")  # a path: the folder (empty here), never the zoo

@@ -134,12 +134,19 @@ def masks_at_input_size(masks: Tensor, f: Fit) -> tuple[Tensor, Tensor]:
 
 
 def load(name_or_dir: str | Path, checkpoint: str = "best", root: str | Path | None = None) -> LoadedModel:
-    """An existing directory is a run directory (its ``checkpoint``: best, else last) or a zoo entry directory;
-    anything else is a zoo name (``root`` / ``$SLOTLAB_ZOO`` overrides the zoo; an unknown name lists the zoo)."""
+    """A zoo name (a bare string such as ``"tetrominoes"``: the zoo entry, even if a folder of that name exists in
+    the working directory; write ``"./tetrominoes"`` or pass a Path for the folder), else an existing directory (a
+    run directory, its ``checkpoint``: best, else last; or a zoo entry directory). ``root`` / ``$SLOTLAB_ZOO``
+    overrides the zoo; an unknown name lists the zoo."""
     from slotlab import zoo
 
-    path = Path(name_or_dir)
-    if not path.is_dir():
-        path = zoo.entry_dir(str(name_or_dir), root)
+    text = str(name_or_dir)
+    bare = isinstance(name_or_dir, str) and "/" not in text and "\\" not in text
+    if bare and text in zoo.entries(root):
+        path = zoo.entry_dir(text, root)
+    elif Path(text).is_dir():
+        path = Path(text)
+    else:
+        path = zoo.entry_dir(text, root)
     cfg = ExperimentConfig.load(path / "config.json")
-    return LoadedModel(build_checked(cfg, zoo.weights_file(path, checkpoint)), cfg, str(name_or_dir))
+    return LoadedModel(build_checked(cfg, zoo.weights_file(path, checkpoint)), cfg, text)
