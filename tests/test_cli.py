@@ -57,3 +57,21 @@ def test_bad_input_gets_a_clear_error(tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_bug_is_not_reported_as_bad_input(tmp_path, capsys, monkeypatch):
+    """A KeyError or TypeError from a failed lookup inside the code shows its traceback and exits 1; slotlab's own
+    refusals (raised with a message) stay one line and exit 2."""
+    import slotlab.cli as cli
+
+    def broken(args):
+        return {}["missing"]  # a bug: a lookup that fails inside the code
+
+    monkeypatch.setattr(cli, "_dispatch", broken)
+    assert main(["experiments"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: KeyError" in err and "Traceback" in err
+    monkeypatch.undo()
+    assert main(["train", "--experiment", "nope", "--workdir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'nope'" in err and "Traceback" not in err

@@ -30,6 +30,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
@@ -230,14 +231,35 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"slotlab {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (KeyError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
-            IsADirectoryError, NotADirectoryError) as err:
+    except (KeyError, TypeError) as err:
+        if not _refused_by_slotlab(err):  # a bug (a failed lookup or call inside the code), not bad input
+            traceback.print_exc()
+            print(f"slotlab {args.command}: internal error: {type(err).__name__}: {err} (a bug in slotlab; the "
+                  "traceback above says where)", file=sys.stderr)
+            return 1
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"slotlab {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as err:
+        msg = err
         print(f"slotlab {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except (RuntimeError, OSError) as err:  # e.g. NonFiniteLossError, LockedError, WriteError (disk full)
         print(f"slotlab {args.command}: error: {err}", file=sys.stderr)
         return 1
+
+
+def _refused_by_slotlab(err: BaseException) -> bool:
+    """Whether ``err`` (a KeyError or TypeError) is one of slotlab's own refusals of bad input, raised by a
+    ``raise`` statement in slotlab's code (an unknown experiment or config key, say), rather than a failed
+    lookup or call somewhere inside (a bug, which should show its traceback)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return False
+    last = frames[-1]
+    inside = Path(last.filename).resolve().is_relative_to(Path(__file__).resolve().parent)
+    return inside and (last.line or "").lstrip().startswith("raise ")
 
 
 def _dispatch(args) -> int:
