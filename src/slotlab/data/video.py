@@ -31,10 +31,11 @@ from torch import Tensor
 
 from slotlab.data.cache import _atomic_dir, _write_meta
 from slotlab.data.moving_sprites import NUM_OBJECTS as SPRITES_OBJECTS
-from slotlab.data.moving_sprites import generate_moving_sprites
+from slotlab.data.moving_sprites import TETROMINO_OBJECTS, generate_moving_sprites, generate_moving_tetrominoes
 
 VIDEO_FORMAT_VERSION = 1
-VIDEO_GENERATORS = {"moving_sprites": (generate_moving_sprites, SPRITES_OBJECTS)}
+VIDEO_GENERATORS = {"moving_sprites": (generate_moving_sprites, SPRITES_OBJECTS),
+                    "moving_tetrominoes": (generate_moving_tetrominoes, TETROMINO_OBJECTS)}
 _CHUNK = 256  # videos generated and written at a time
 
 
