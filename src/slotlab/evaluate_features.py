@@ -19,6 +19,7 @@ from torch import nn
 from slotlab import metrics
 from slotlab.evaluate import evaluation
 from slotlab.nn.dinosaur import masks_to_image
+from slotlab.noise import feature_seeds, seeded_initial_slots
 from slotlab.nn.precision import autocast
 
 
@@ -41,15 +42,20 @@ def evaluate_features(model: nn.Module, data, *, batch_size: int = 64, num_slots
                       num_iters: int | None = None, seed: int = 0, limit: int | None = None,
                       precision: str = "fp32") -> dict[str, float]:
     """Mean FG-ARI, mBO, class mBO and feature MSE over (the first ``limit`` items of) ``data`` (a FeatureSplit),
-    with standard errors; the initial-slot noise drawn from ``seed`` in a forked RNG."""
+    with standard errors; each item's initial-slot noise seeded from ``seed`` and its features
+    (:func:`slotlab.noise.feature_seeds`), so the scores do not depend on the batch size."""
     n = len(data) if limit is None else min(limit, len(data))
     per_scene: dict[str, list[torch.Tensor]] = {"fg_ari": [], "mbo": [], "mbo_c": [], "mse": []}
     with evaluation(model, seed) as device:
         for start in range(0, n, batch_size):
             batch = data.batch(slice(start, min(start + batch_size, n)), with_targets=True)
             features = batch["features"].to(device)
+            slots = None
+            if model.slot_attention.slot_init == "random":  # each item's noise from its own values: batch-free
+                seeds = feature_seeds(features, seed)
+                slots = seeded_initial_slots(model.slot_attention, seeds, num_slots).to(device)
             with autocast(precision, device):
-                out = model(features, num_slots=num_slots, num_iters=num_iters)
+                out = model(features, num_slots=num_slots, num_iters=num_iters, slots=slots)
             mse = ((out["recon"].double() - features.double()) ** 2).flatten(1).mean(1).cpu()
             per_scene["mse"].append(mse)
             masks = masks_to_image(out["masks"].float().cpu(), batch["instances"].shape[-1])

@@ -27,6 +27,18 @@ def image_seeds(images: Tensor, seed: int) -> list[int]:
     return seeds
 
 
+def feature_seeds(features: Tensor, seed: int) -> list[int]:
+    """One 63-bit seed per item of ``features`` (B, ...), from ``seed`` and the item's values rounded to fp16 (so
+    an fp16 feature cache and the same features computed in fp32 seed alike)."""
+    values = features.detach().cpu().to(torch.float16).contiguous()
+    seeds = []
+    for item in values:
+        digest = hashlib.blake2b(item.view(torch.int16).numpy().tobytes(), digest_size=8,
+                                 key=str(int(seed)).encode()).digest()
+        seeds.append(int.from_bytes(digest, "little") & (2**63 - 1))
+    return seeds
+
+
 def seeded_initial_slots(sa: SlotAttention, seeds: list[int], num_slots: int | None) -> Tensor:
     """(B, K, D) initial slots (:meth:`SlotAttention.init_slots`), each image's noise from its own seed."""
     K = num_slots or sa.num_slots

@@ -115,3 +115,18 @@ def test_cli_features_task_on_an_image_folder(tmp_path, capsys):
     assert main(["eval", "--workdir", str(tmp_path / "run2"), "--json", str(tmp_path / "m2.json")]) == 0
     metrics = json.loads((tmp_path / "m2.json").read_text())
     assert np.isnan(metrics["fg_ari"]) and np.isnan(metrics["mbo"]) and metrics["mse"] > 0
+
+
+def test_feature_evaluation_does_not_depend_on_the_batch_size(coco, tmp_path):
+    from slotlab.evaluate_features import evaluate_features
+    from slotlab.nn.dinosaur import Dinosaur
+
+    cfg = apply_overrides(get_experiment("dinosaur_coco"), TINY)
+    src = CocoSource(coco, "train", 32)
+    split = feature_split(src, FrozenBackbone("vit_tiny_patch16", "random", 32), "fp32", tmp_path)
+    torch.manual_seed(0)
+    model = Dinosaur(cfg.model, 192, 4)
+    one = evaluate_features(model, split, batch_size=1, seed=3)
+    five = evaluate_features(model, split, batch_size=5, seed=3)
+    assert one == five
+    assert evaluate_features(model, split, batch_size=5, seed=4)["mse"] != five["mse"]  # the seed matters
