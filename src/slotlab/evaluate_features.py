@@ -19,8 +19,8 @@ from torch import nn
 from slotlab import metrics
 from slotlab.evaluate import evaluation
 from slotlab.nn.dinosaur import masks_to_image
-from slotlab.noise import feature_seeds, seeded_initial_slots
 from slotlab.nn.precision import autocast
+from slotlab.noise import feature_seeds, seeded_initial_slots
 
 
 def scene_metrics(masks: torch.Tensor, instances: torch.Tensor, classes: torch.Tensor) -> dict[str, torch.Tensor]:
