@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -227,3 +228,27 @@ def test_convert_official_tf_out_is_protected_and_atomic(tmp_path, monkeypatch, 
     (notes / "a.txt").write_text("mine")
     assert main([*convert[:4], str(notes), "--force"]) == 2 and (notes / "a.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "run", "tf"]  # no temporary folder left
+
+
+def test_a_stale_lock_whose_pid_was_reused_is_taken_over(tmp_path):
+    """A lock left by a dead process whose PID now belongs to another live process (here: a sleeping child, named
+    in the lock with the start time the dead owner had) is stale, not in use."""
+    from slotlab.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run.path.mkdir(parents=True)
+        run.lock_path.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "since": "earlier",
+                                             "started": "1"}) + "\n")  # not the live process's start time
+        with run.lock():
+            assert json.loads(run.lock_path.read_text())["pid"] == os.getpid()
+        run.lock_path.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname()}) + "\n")
+        from slotlab.rundir import LockedError
+
+        with pytest.raises(LockedError):  # an old lock without a start time: the live PID is trusted
+            with run.lock():
+                pass
+    finally:
+        other.kill()
+        other.wait()

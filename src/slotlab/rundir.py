@@ -9,7 +9,8 @@ A run directory holds::
     tb/                            TensorBoard event files (the same scalars)
     checkpoints/last.safetensors   the latest state (weights, Adam state, step, RNG)
     checkpoints/best.safetensors   the weights with the best validation score so far
-    .lock                          {"pid", "host", "since"} of the process writing the run (absent when none)
+    .lock                          {"pid", "host", "since", "started"} of the process writing the run (absent when
+                                   none); "started" is the process's start time, so a reused PID is not taken for it
 
 Every file is written atomically (a temporary file beside it, fsync, ``os.replace``): a kill or a full disk leaves
 the previous version or the new one, never a partial file. Writers (train, --resume, demo, the converters) hold
@@ -107,14 +108,27 @@ def remove_orphans(directory: Path) -> list[Path]:
 _HELD: dict[str, tuple[int, int]] = {}  # lock path -> (fd, depth): a process may take its own lock again
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks after boot, /proc/PID/stat field 22), None where unknown: with the
+    PID it names one process, since a PID is reused after its process ends."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[19]  # the fields after "(comm)", from field 3 on
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` runs; with ``started`` (its recorded start time), whether it is still that process
+    (not another one that was given the same PID later)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user
-        return True
-    return True
+        pass
+    now = _start_time(pid)
+    return started is None or now is None or now == started
 
 
 def _read_owner(path: Path) -> dict:
@@ -179,8 +193,8 @@ def _acquire(path: Path, what: str) -> int:
             os.close(fd)
             continue
         previous = _read_owner(path)
-        if previous.get("pid") and previous.get("host") == socket.gethostname() and _alive(int(previous["pid"])) \
-                and int(previous["pid"]) != os.getpid():
+        if previous.get("pid") and previous.get("host") == socket.gethostname() \
+                and _alive(int(previous["pid"]), previous.get("started")) and int(previous["pid"]) != os.getpid():
             os.close(fd)  # a live owner on a file system without flock: trust the PID
             raise LockedError(f"{what} is in use by process {previous['pid']} on {previous['host']} (lock {path})")
         if previous.get("pid"):
@@ -189,7 +203,7 @@ def _acquire(path: Path, what: str) -> int:
             logging.getLogger(__name__).warning("took over the stale lock %s of process %s on %s (no longer "
                                                 "running)", path, previous.get("pid"), previous.get("host"))
         owner = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "started": _start_time(os.getpid())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
         return fd
