@@ -167,6 +167,14 @@ def test_segment_refuses_conflicts_and_skips_unreadable(tmp_path, capsys):
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert [o["label_map"] for o in index["outputs"]] == ["a.png"] and len(index["skipped"]) == 3
     assert main(["segment", "--workdir", str(run), str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+    mine = tmp_path / "mine"  # a folder of the user's own files, one named like an output
+    mine.mkdir()
+    (mine / "a.png").write_bytes(b"the user's file")
+    capsys.readouterr()
+    assert main(["segment", "--workdir", str(run), str(data / "a.png"), "--out", str(mine), "--no-progress"]) == 2
+    assert "did not write" in capsys.readouterr().err and (mine / "a.png").read_bytes() == b"the user's file"
+    assert main(["segment", "--workdir", str(run), str(data / "a.png"), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0  # a previous segment output is replaced
 
 
 def test_background_layer_is_label_zero():

@@ -10,7 +10,8 @@ For an input ``INPUT_DIR/REL/STEM.EXT`` (REL relative to the directory given; em
 - ``OUTDIR/index.json`` (each input -> its outputs; the skipped files and why) and ``OUTDIR/index.html``.
 
 Everything is checked before any work: missing inputs, two inputs mapping to one output (``a.png`` and
-``a.jpg``), an OUTDIR equal to or inside an input directory. Files that are not images, or cannot be read, are
+``a.jpg``), an OUTDIR equal to or inside an input directory, an OUTDIR that holds files ``slotlab segment`` did not
+write (a folder with no ``index.json``: its files could be overwritten; a previous segment output is replaced). Files that are not images, or cannot be read, are
 reported by name and skipped; :func:`segment_paths` returns them, and the command exits non-zero if there are any.
 """
 
@@ -76,6 +77,11 @@ def plan(inputs: list[str | Path], out: str | Path) -> tuple[list[Job], list[dic
                     skipped.append({"input": str(path), "error": "not an image (unknown file extension)"})
                     continue
                 jobs.append(Job(path, (rel.parent / rel.stem).as_posix()))
+    if out.is_dir() and any(out.iterdir()) and not (out / "index.json").is_file():
+        raise ValueError(f"--out {out} already holds files that slotlab segment did not write (no index.json); "
+                         "choose a new or empty folder, so that none of them is overwritten")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; expected a folder (new, empty, or a previous output)")
     seen: dict[str, Path] = {}
     for job in jobs:
         if job.key in seen:
