@@ -12,7 +12,8 @@ For an input ``INPUT_DIR/REL/STEM.EXT`` (REL relative to the directory given; em
 Everything is checked before any work: missing inputs, two inputs mapping to one output (``a.png`` and
 ``a.jpg``), an OUTDIR equal to or inside an input directory, an OUTDIR that holds files ``slotlab segment`` did not
 write (a folder with no ``index.json``: its files could be overwritten; a previous segment output is replaced).
-Files that are not images, or cannot be read, are reported by name and skipped; :func:`segment_paths` returns them, and the command exits non-zero if there are any.
+Files that are not images, or cannot be read, are reported by name and skipped; :func:`segment_paths` returns
+them, and the command exits non-zero if there are any.
 """
 
 from __future__ import annotations
