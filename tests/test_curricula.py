@@ -117,3 +117,50 @@ def test_temperature_schedule_and_decoder_norm():
                                     ["model.attn_temperature=2", "model.attn_temperature_steps=3"]])
 def test_each_option_trains(tmp_path, option):
     assert train(tiny(*option, "train.steps=3"), tmp_path / "run", progress=False)["step"] == 3
+
+
+def test_progressive_resolution_resumes_exactly(tmp_path):
+    aids = ["train.low_res=18", "train.low_res_steps=3", "train.decoder_lr_scale=0.5"]
+    straight = train(tiny(*aids, "train.steps=6"), tmp_path / "a", progress=False)
+    train(tiny(*aids, "train.steps=2", "train.checkpoint_every=2"), tmp_path / "b", progress=False)
+    resumed = train(tiny(*aids, "train.steps=6"), tmp_path / "b", resume=True, progress=False)
+    assert resumed["fg_ari"] == straight["fg_ari"] and resumed["mse"] == straight["mse"]
+
+
+def test_aids_refuse_what_they_cannot_do(tmp_path):
+    from slotlab.curricula import check_curricula, check_curriculum_data
+
+    with pytest.raises(ValueError, match="torchrun nor train.compile"):
+        check_curricula(tiny("train.low_res=18", "train.low_res_steps=3", "train.compile=true"))
+    with pytest.raises(ValueError, match="torchrun"):
+        check_curricula(tiny("train.low_res=18", "train.low_res_steps=3"), distributed=True)
+
+    class Folder:  # a split without label maps (an image folder)
+        name = "folder:/x"
+
+    with pytest.raises(ValueError, match="label maps"):
+        check_curriculum_data(Folder())
+    from slotlab.nn.savi import SAVi
+
+    with pytest.raises(ValueError, match="model.test_iters=5"):
+        cfg = get_experiment("tiny_video").model
+        cfg.test_iters = 5
+        SAVi(cfg)
+    sa = SlotAttention(num_slots=5, input_dim=8, slot_dim=8, slot_init="farthest")
+    with pytest.raises(ValueError, match="only 3"):
+        sa(torch.randn(1, 3, 8))
+    model = SlotAttentionAutoEncoder(tiny().model)
+    from slotlab.nn.models import SetPredictor
+
+    with pytest.raises(ValueError, match="no decoder module"):
+        param_groups(SetPredictor(get_experiment("tiny_set").model), tiny("train.decoder_lr_scale=2").train)
+    assert len(param_groups(model, tiny("train.decoder_lr_scale=2").train)) == 3
+
+
+def test_a_checkpoint_mid_schedule_loads_at_its_temperature(tmp_path):
+    import slotlab
+
+    cfg = tiny("model.attn_temperature=5", "model.attn_temperature_steps=8", "train.steps=4")
+    train(cfg, tmp_path / "run", progress=False)
+    loaded = slotlab.load(tmp_path / "run", checkpoint="last")
+    assert loaded.model.slot_attention.temperature == pytest.approx(5 + (1 - 5) * 4 / 8)

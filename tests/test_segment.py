@@ -175,6 +175,8 @@ def test_segment_refuses_conflicts_and_skips_unreadable(tmp_path, capsys):
     assert "did not write" in capsys.readouterr().err and (mine / "a.png").read_bytes() == b"the user's file"
     assert main(["segment", "--workdir", str(run), str(data / "a.png"), "--out", str(tmp_path / "out"),
                  "--no-progress"]) == 0  # a previous segment output is replaced
+    (mine / "index.json").write_text("{}")  # an index.json that slotlab segment did not write
+    assert main(["segment", "--workdir", str(run), str(data / "a.png"), "--out", str(mine), "--no-progress"]) == 2
 
 
 def test_background_layer_is_label_zero():

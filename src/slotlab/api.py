@@ -33,7 +33,7 @@ def build_checked(cfg: ExperimentConfig, weights: str | Path) -> nn.Module:
     from slotlab.checkpoint import read_checkpoint
 
     weights = Path(weights)
-    everything = read_checkpoint(weights)[0]  # digests (when present) and finiteness checked
+    everything, _, record = read_checkpoint(weights)  # digests (when present) and finiteness checked
     tensors = {k[len("model."):]: v for k, v in everything.items() if k.startswith("model.")}
     from slotlab.tasks import build_model
 
@@ -47,6 +47,11 @@ def build_checked(cfg: ExperimentConfig, weights: str | Path) -> nn.Module:
         raise ValueError(f"{weights} does not match its config's model: missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}, shapes (file vs config) {wrong[:5]}")
     model.load_state_dict(tensors)
+    step = record["state"].get("step")
+    if step is not None and hasattr(model, "cfg"):  # step schedules (attention temperature) at the weights' step
+        from slotlab.nn.models import set_step
+
+        set_step(model, int(step))
     return model.eval()
 
 

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 NON_OVERLAPPING = ("tetrominoes",)  # built-in datasets whose objects never overlap
 
 
-def check_curricula(cfg) -> None:
-    """Reject combinations the aids cannot run, naming what is expected (an ExperimentConfig)."""
+def check_curricula(cfg, distributed: bool = False) -> None:
+    """Reject combinations the aids cannot run, naming what is expected (an ExperimentConfig; ``distributed``:
+    under torchrun)."""
     from slotlab.tasks import get_task
 
     tc = cfg.train
@@ -42,9 +43,22 @@ def check_curricula(cfg) -> None:
                          f"{cfg.model.resolution}, got train.low_res={tc.low_res}")
     if tc.low_res_steps > 0 and not images:
         raise ValueError(f"train.low_res_steps is for object discovery of images, not task {cfg.model.task!r}")
+    if tc.low_res_steps > 0 and (distributed or tc.compile):
+        raise ValueError("train.low_res_steps runs a second, parameter-sharing model early on; it supports neither "
+                         "torchrun nor train.compile (turn one of them off)")
+
     for key in ("decoder_lr_scale", "slot_attention_lr_scale"):
         if not getattr(tc, key) > 0:
             raise ValueError(f"train.{key} must be > 0, got {getattr(tc, key)!r}")
+
+
+def check_curriculum_data(train_set) -> None:
+    """The object curriculum needs the training split's label maps and objects that never overlap."""
+    name = str(getattr(train_set, "name", ""))
+    if getattr(train_set, "labels", None) is None or not name.startswith(NON_OVERLAPPING):
+        raise ValueError(f"train.object_curriculum_steps paints objects out of the training scenes, which needs "
+                         f"their label maps and objects that never overlap ({', '.join(NON_OVERLAPPING)}: the "
+                         f"built-in data or its TFRecords); the training data here are {name or type(train_set)}")
 
 
 def paint_out_objects(images: Tensor, labels: Tensor, step: int, total_steps: int, seed: int) -> Tensor:
@@ -114,6 +128,10 @@ def param_groups(model: nn.Module, tc) -> list[dict] | list[nn.Parameter]:
     decoder's, Slot Attention's and the rest, each with its ``lr_scale``."""
     if tc.decoder_lr_scale == 1.0 and tc.slot_attention_lr_scale == 1.0:
         return list(model.parameters())
+    for key in ("decoder", "slot_attention"):
+        if getattr(tc, f"{key}_lr_scale") != 1.0 and not isinstance(getattr(model, key, None), nn.Module):
+            raise ValueError(f"train.{key}_lr_scale: this model ({type(model).__name__}) has no {key} module; "
+                             "leave it at 1")
     groups = {"decoder": [], "slot_attention": [], "rest": []}
     for name, p in model.named_parameters():
         groups[name.split(".")[0] if name.split(".")[0] in groups else "rest"].append(p)

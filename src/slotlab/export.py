@@ -50,7 +50,7 @@ def export_slots(model: LoadedModel, scenes, spec: str, out: str | Path, *, batc
                 arrays[key][lo : lo + len(value)] = value
         m = model.config.model
         metadata = {"model": model.source, "experiment": model.config.name, "data": spec, "num_scenes": n,
-                    "num_slots": num_slots or m.num_slots, "num_iters": num_iters or m.num_iters,
+                    "num_slots": num_slots or m.num_slots, "num_iters": num_iters or m.test_iters or m.num_iters,
                     "seed": model.config.train.seed, "resolution": R, "background_first": model.has_background}
         np.savez(out, **arrays, files=np.array(files), metadata=np.array(json.dumps(metadata)))
         del arrays

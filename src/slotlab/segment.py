@@ -78,7 +78,7 @@ def plan(inputs: list[str | Path], out: str | Path) -> tuple[list[Job], list[dic
                     skipped.append({"input": str(path), "error": "not an image (unknown file extension)"})
                     continue
                 jobs.append(Job(path, (rel.parent / rel.stem).as_posix()))
-    if out.is_dir() and any(out.iterdir()) and not (out / "index.json").is_file():
+    if out.is_dir() and any(out.iterdir()) and not is_segment_output(out):
         raise ValueError(f"--out {out} already holds files that slotlab segment did not write (no index.json); "
                          "choose a new or empty folder, so that none of them is overwritten")
     if out.exists() and not out.is_dir():
@@ -90,6 +90,15 @@ def plan(inputs: list[str | Path], out: str | Path) -> tuple[list[Job], list[dic
                              "segment them into different --out folders")
         seen[job.key] = job.path
     return jobs, skipped
+
+
+def is_segment_output(out: Path) -> bool:
+    """Whether ``out`` holds a (finished or interrupted) ``slotlab segment`` output: its index.json says so."""
+    try:
+        index = json.loads((out / "index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, dict) and index.get("written_by") == "slotlab segment"
 
 
 def overlay(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -121,6 +130,8 @@ def segment_paths(model: LoadedModel, inputs: list[str | Path], out: str | Path,
     jobs, skipped = plan(inputs, out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    header = {"written_by": "slotlab segment", "model": model.source}
+    (out / "index.json").write_text(json.dumps({**header, "outputs": [], "complete": False}) + "\n")  # claims out
     outputs = []
     bar = tqdm(total=len(jobs), unit="image", disable=not progress, desc="segment", dynamic_ncols=True)
     try:
@@ -144,7 +155,7 @@ def segment_paths(model: LoadedModel, inputs: list[str | Path], out: str | Path,
             bar.update(len(jobs[lo : lo + batch_size]))
     finally:
         bar.close()
-    index = {"model": model.source, "background_label": 0 if model.has_background else None,
+    index = {**header, "complete": True, "background_label": 0 if model.has_background else None,
              "unseen_label": UNSEEN, "outputs": outputs, "skipped": skipped}
     (out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     (out / "index.html").write_text(gallery(index, out))

@@ -28,7 +28,14 @@ from tqdm import tqdm
 from slotlab.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from slotlab.compilation import compile_model
 from slotlab.config import ExperimentConfig, validate_train_config
-from slotlab.curricula import check_curricula, low_resolution_twin, paint_out_objects, param_groups, resize_images
+from slotlab.curricula import (
+    check_curricula,
+    check_curriculum_data,
+    low_resolution_twin,
+    paint_out_objects,
+    param_groups,
+    resize_images,
+)
 from slotlab.distributed import setup
 from slotlab.nn.models import set_step
 from slotlab.nn.precision import autocast, check_precision, resolve_precision
@@ -283,8 +290,11 @@ def restore(run: RunDir, cfg: ExperimentConfig, model, optimizer, device: torch.
     config, the data record, the history line, and drop the metrics logged after that checkpoint."""
     last = run.checkpoint("last")
     meta = load_checkpoint(last, model, optimizer)
-    for group in optimizer.param_groups:  # the checkpoint's groups may come from another device
-        group["fused"] = device.type == "cuda"
+    groups = param_groups(model, cfg.train)
+    for group, configured in zip(optimizer.param_groups, groups, strict=False):
+        group["fused"] = device.type == "cuda"  # the checkpoint's groups may come from another device
+        if isinstance(configured, dict):  # the configured learning-rate scales, not the checkpoint's
+            group["lr_scale"] = configured["lr_scale"]
     saved = meta["state"]
     state = TrainState(saved["step"], saved["train_seconds"], saved.get("best", -math.inf))
     torch.set_rng_state(torch.tensor(saved["torch_rng"], dtype=torch.uint8))
@@ -317,7 +327,10 @@ class Trainer:
         self.stepper = model  # what the step calls: the model, or its DDP wrapper (set by the caller)
         self.progress: Progress | None = None
         self.last_eval_step = -1
-        self.twin = low_resolution_twin(model, cfg, self.tc.low_res) if self.tc.low_res_steps > 0 else None
+        self.twin = None
+        if self.tc.low_res_steps > 0:
+            with torch.random.fork_rng():  # building it draws initial weights: the run's RNG stream is kept
+                self.twin = low_resolution_twin(model, cfg, self.tc.low_res)
 
     def batch(self, step: int) -> dict:
         """This rank's share of the batch at ``step`` (the whole batch on one process), on the device."""
@@ -432,9 +445,9 @@ def _build(cfg: ExperimentConfig, run: RunDir, resume: bool, splits: dict | None
     if tc.batch_size % dist.world_size:
         raise ValueError(f"train.batch_size={tc.batch_size} (the global batch) must divide by the "
                          f"{dist.world_size} processes")
+    check_curricula(cfg, distributed=dist.enabled)  # before anything is written
     changes = start_run(run, cfg, resume, data_record, allow) if dist.main else {}
     dist.barrier()
-    check_curricula(cfg)
     set_threads(tc.num_threads)
     log.info("precision: %s (%s)", *resolve_precision(tc.precision, dist.device))
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
@@ -445,6 +458,8 @@ def _build(cfg: ExperimentConfig, run: RunDir, resume: bool, splits: dict | None
         dist.barrier()
         if not dist.main:
             splits = task.splits(cfg)
+    if tc.object_curriculum_steps > 0:
+        check_curriculum_data(splits["train"])
     if splits["train"].resolution != cfg.model.resolution:
         raise ValueError(f"data is {splits['train'].resolution}px but model.resolution={cfg.model.resolution}")
     device = dist.device

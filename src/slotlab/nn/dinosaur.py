@@ -60,6 +60,11 @@ class Dinosaur(nn.Module):
 
     def __init__(self, cfg: ModelConfig, feature_dim: int, num_patches: int) -> None:
         super().__init__()
+        from slotlab.nn.models import validate_slot_options
+
+        validate_slot_options(cfg)
+        if cfg.decoder_norm != "none":
+            raise ValueError(f"model.decoder_norm={cfg.decoder_norm!r} is for the MLP image decoder, not DINOSAUR's")
         self.cfg, self.feature_dim, self.num_patches = cfg, feature_dim, num_patches
         self.input_mlp = mlp([feature_dim, feature_dim, cfg.slot_dim], layer_norm=True)
         self.slot_attention = SlotAttention(cfg.num_slots, cfg.slot_dim, cfg.slot_dim, cfg.num_iters,

@@ -164,17 +164,22 @@ class SetPredictor(nn.Module):
         return {"pred": pred, "slots": sa["slots"], "attn": sa["attn"], "attns": sa["attns"]}
 
 
-def validate_model_config(cfg: ModelConfig) -> None:
-    """Reject option combinations the model cannot build, naming what is expected."""
+def validate_slot_options(cfg: ModelConfig) -> None:
+    """The Slot Attention options every model reads (test-time T, the temperature schedule), checked."""
     if not isinstance(cfg.test_iters, int) or cfg.test_iters < 0:
         raise ValueError(f"model.test_iters must be 0 (= model.num_iters) or a positive int, got {cfg.test_iters!r}")
+    if not cfg.attn_temperature > 0 or cfg.attn_temperature_steps < 0:
+        raise ValueError(f"model.attn_temperature must be > 0 and model.attn_temperature_steps >= 0, got "
+                         f"{cfg.attn_temperature!r} and {cfg.attn_temperature_steps!r}")
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Reject option combinations the model cannot build, naming what is expected."""
+    validate_slot_options(cfg)
     if cfg.slot_init == "farthest" and cfg.attention != "slot":
         raise ValueError("model.slot_init='farthest' needs model.attention='slot'")
     if cfg.decoder_norm != "none" and cfg.decoder != "mlp":
         raise ValueError(f"model.decoder_norm={cfg.decoder_norm!r} is for decoder='mlp', not {cfg.decoder!r}")
-    if not cfg.attn_temperature > 0 or cfg.attn_temperature_steps < 0:
-        raise ValueError(f"model.attn_temperature must be > 0 and model.attn_temperature_steps >= 0, got "
-                         f"{cfg.attn_temperature!r} and {cfg.attn_temperature_steps!r}")
     if cfg.mask_source not in ("decoder", "attention", "decoder+attention"):
         raise ValueError(
             f"model.mask_source must be 'decoder', 'attention' or 'decoder+attention', got {cfg.mask_source!r}"
@@ -211,12 +216,12 @@ def set_step(model: SlotAttentionAutoEncoder, step: int) -> None:
     - ``attn_temperature_steps``: the attention temperature falls linearly from ``attn_temperature`` to 1.
     """
     cfg = model.cfg
-    if cfg.attn_temperature_steps > 0:
+    if cfg.attn_temperature_steps > 0 and hasattr(model, "slot_attention"):
         progress = min(1.0, step / cfg.attn_temperature_steps)
         model.slot_attention.temperature = cfg.attn_temperature + (1.0 - cfg.attn_temperature) * progress
-    if cfg.mask_prior_steps > 0:
+    if cfg.mask_prior_steps > 0 and hasattr(model, "mask_prior_weight"):
         model.mask_prior_weight.fill_(max(0.0, 1.0 - step / cfg.mask_prior_steps))
-    if cfg.decoder_freq_steps > 0 and isinstance(model.decoder, MLPDecoder):
+    if cfg.decoder_freq_steps > 0 and isinstance(getattr(model, "decoder", None), MLPDecoder):
         model.decoder.open_bands(min(1.0, step / cfg.decoder_freq_steps))
 
 

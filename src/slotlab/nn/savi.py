@@ -148,6 +148,11 @@ def validate_savi_config(cfg: ModelConfig) -> None:
     if cfg.attention != "slot" or cfg.background != "none" or cfg.mask_source != "decoder" or cfg.mask_prior_steps:
         raise ValueError("savi supports model.attention='slot', background='none', mask_source='decoder' and "
                          "mask_prior_steps=0 only")
+    unsupported = {"test_iters": 0, "attn_temperature": 1.0, "attn_temperature_steps": 0, "decoder_norm": "none"}
+    changed = [f"model.{k}={getattr(cfg, k)!r}" for k, default in unsupported.items() if getattr(cfg, k) != default]
+    if changed or cfg.slot_init == "farthest":
+        raise ValueError(f"savi does not support {', '.join(changed) or 'model.slot_init=farthest'} (its corrector "
+                         "runs one iteration from the predicted slots); leave them at their defaults")
 
 
 def check_video(video: Tensor, resolution: int, finite: bool = True) -> None:

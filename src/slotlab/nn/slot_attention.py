@@ -248,12 +248,18 @@ class SlotAttention(SlotCore):
         farthest-point sampling in value space, the first the farthest from the mean value, each next one the
         farthest from those already picked. (B, N, Din) normalised inputs -> (B, K, D); the choice has no gradient,
         the picked values do (through to_v). Deterministic: no noise."""
+        available = inputs.shape[1] if input_mask is None else int((~input_mask).sum(dim=1).min())
+        if num_slots > available:
+            raise ValueError(f"{type(self).__name__}: slot_init='farthest' picks K={num_slots} distinct inputs, but "
+                             f"an item has only {available} (unpadded) inputs")
         v = self.to_v(inputs)  # (B, N, D)
         with torch.no_grad():
             points = v.detach().float()
             B = points.shape[0]
             rows = torch.arange(B, device=points.device)
-            distance = (points - points.mean(dim=1, keepdim=True)).square().sum(-1)  # (B, N) from the mean
+            keep = torch.ones_like(points[..., 0]) if input_mask is None else (~input_mask).float()  # (B, N)
+            mean = (points * keep[..., None]).sum(1, keepdim=True) / keep.sum(1, keepdim=True)[..., None]
+            distance = (points - mean).square().sum(-1)  # (B, N) from the mean of the real inputs
             if input_mask is not None:
                 distance = distance.masked_fill(input_mask, -math.inf)
             picks = []
@@ -265,7 +271,7 @@ class SlotAttention(SlotCore):
                 if input_mask is not None:
                     distance = distance.masked_fill(input_mask, -math.inf)
             index = torch.stack(picks, dim=1)  # (B, K)
-        return v.gather(1, index[..., None].expand(-1, -1, v.shape[-1]))
+        return v.gather(1, index[..., None].expand(-1, -1, v.shape[-1])).to(inputs.dtype)
 
     def _use_fast(self, inputs: Tensor, input_mask: Tensor | None) -> bool:
         return (self.fast and input_mask is None and inputs.shape[0] * inputs.shape[1] >= self.fast_min_inputs
