@@ -28,22 +28,26 @@ KEYS = (("fg_ari", "video FG-ARI"), ("ari", "video ARI"), ("mbo", "video mBO"), 
 
 
 def plot(results: dict, out: Path) -> None:
+    """Video FG-ARI / ARI / mBO of each variant on the held-out videos, against training minutes (top) and steps
+    (bottom: the per-step view, which does not depend on how loaded the machine was)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (key, label) in zip(axes, KEYS[:3], strict=True):
-        for name, res in results.items():
-            rows = res["test"] or res["val"]
-            ax.plot([r["train_seconds"] / 60 for r in rows], [r[key] for r in rows], marker="o", ms=3, label=name)
-        ax.axhline(0.9, color="grey", lw=0.8, ls="--")
-        ax.set_xlabel("training minutes")
-        ax.set_title(f"{label} (held-out videos)")
-        ax.set_ylim(-0.05, 1.0)
-        ax.grid(alpha=0.3)
-        ax.legend()
+    fig, grid = plt.subplots(2, 3, figsize=(13, 7))
+    for row, (axis, unit) in enumerate((("train_seconds", "training minutes"), ("step", "training step"))):
+        for ax, (key, label) in zip(grid[row], KEYS[:3], strict=True):
+            for name, res in results.items():
+                rows = res["test"] or res["val"]
+                xs = [r[axis] / 60 if axis == "train_seconds" else r[axis] for r in rows]
+                ax.plot(xs, [r[key] for r in rows], marker="o", ms=3, label=name)
+            ax.axhline(0.9, color="grey", lw=0.8, ls="--")
+            ax.set_xlabel(unit)
+            ax.set_title(f"{label} (held-out videos)")
+            ax.set_ylim(-0.05, 1.0)
+            ax.grid(alpha=0.3)
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -57,7 +61,15 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--workdir", type=Path, default=Path("runs/savi_curve"))
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--replot", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="train nothing: draw the variants of these savi_curve.json files into one --workdir plot")
     args = p.parse_args()
+    if args.replot:
+        merged = {name: res for path in args.replot for name, res in json.loads(path.read_text())["results"].items()}
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        plot(merged, args.workdir / "savi_curve.png")
+        print(f"wrote {args.workdir / 'savi_curve.png'} ({', '.join(merged)})")
+        return
     results = {}
     for name in args.variants:
         sub = argparse.Namespace(experiment=args.experiment, minutes=args.minutes, every=args.every,
