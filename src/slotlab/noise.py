@@ -17,26 +17,23 @@ from torch import Tensor, nn
 from slotlab.nn.slot_attention import SlotAttention
 
 
+def _item_seeds(items: Tensor, seed: int) -> list[int]:
+    """One 63-bit seed per item (row of the first axis) of a CPU tensor: a keyed hash of its bytes."""
+    key = str(int(seed)).encode()
+    return [int.from_bytes(hashlib.blake2b(item.numpy().tobytes(), digest_size=8, key=key).digest(), "little")
+            & (2**63 - 1) for item in items]
+
+
 def image_seeds(images: Tensor, seed: int) -> list[int]:
     """One 63-bit seed per image of ``images`` (B, 3, H, W) in [-1, 1], from ``seed`` and its 8-bit pixels."""
     pixels = ((images.detach().float().cpu() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)  # (B, 3, H, W)
-    seeds = []
-    for image in pixels:
-        digest = hashlib.blake2b(image.numpy().tobytes(), digest_size=8, key=str(int(seed)).encode()).digest()
-        seeds.append(int.from_bytes(digest, "little") & (2**63 - 1))
-    return seeds
+    return _item_seeds(pixels, seed)
 
 
 def feature_seeds(features: Tensor, seed: int) -> list[int]:
     """One 63-bit seed per item of ``features`` (B, ...), from ``seed`` and the item's values rounded to fp16 (so
     an fp16 feature cache and the same features computed in fp32 seed alike)."""
-    values = features.detach().cpu().to(torch.float16).contiguous()
-    seeds = []
-    for item in values:
-        digest = hashlib.blake2b(item.view(torch.int16).numpy().tobytes(), digest_size=8,
-                                 key=str(int(seed)).encode()).digest()
-        seeds.append(int.from_bytes(digest, "little") & (2**63 - 1))
-    return seeds
+    return _item_seeds(features.detach().cpu().to(torch.float16).contiguous().view(torch.int16), seed)
 
 
 def seeded_initial_slots(sa: SlotAttention, seeds: list[int], num_slots: int | None) -> Tensor:
