@@ -133,6 +133,21 @@ def _random_images(cfg: ModelConfig, batch_size: int, device: torch.device | str
     return {"image": torch.rand(batch_size, 3, cfg.resolution, cfg.resolution, device=device) * 2 - 1}
 
 
+SYNTHETIC_CLIP = 6  # frames of a synthetic video batch: SAVi's training clip
+
+
+def _random_videos(cfg: ModelConfig, batch_size: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Random 6-frame clips in [-1, 1] with random flow and first-frame centres and boxes of K - 1 present objects
+    (row 0 the background): a SAVi step costs the same on any content."""
+    B, F, R, K = batch_size, SYNTHETIC_CLIP, cfg.resolution, cfg.num_slots
+    present = torch.ones(B, K, 1, device=device)
+    present[:, 0] = 0
+    return {"video": torch.rand(B, F, 3, R, R, device=device) * 2 - 1,
+            "flow": torch.randn(B, F, 2, R, R, device=device),
+            "centers": torch.cat([torch.rand(B, K, 2, device=device), present], dim=-1),
+            "boxes": torch.cat([torch.rand(B, K, 4, device=device).sort(dim=-1).values, present], dim=-1)}
+
+
 def _draw_scenes(model: nn.Module, scenes, out: Path, num_scenes: int, seed: int) -> dict[Path, str]:
     from slotlab.viz import save_attention_figure, save_scene_figure
 
@@ -187,7 +202,7 @@ TASKS: dict[str, Task] = {
         "video", build_video_splits, lambda split, index: split.batch(index), _video_loss, evaluate_video,
         format_video_metrics, "fg_ari", model=SAVi, forward=_video_forward, input_key="video",
         curves={"fg_ari": "video FG-ARI", "ari": "video ARI", "mbo": "video mBO", "frame_fg_ari": "per-frame FG-ARI"},
-        draw=_draw_videos),
+        draw=_draw_videos, synthetic_batch=_random_videos),
     "features": Task(
         "features", _no_data_only_splits, lambda split, index: split.batch(index), _feature_loss,
         _evaluate_features, _format_features, "fg_ari", model=_build_dinosaur,

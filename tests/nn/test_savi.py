@@ -7,6 +7,7 @@ import torch
 
 from slotlab.data.moving_sprites import generate_moving_sprites
 from slotlab.data.video import VideoSet
+from slotlab.evaluate_video import video_inputs
 from slotlab.experiments import get_experiment
 from slotlab.tasks import TASKS, build_model
 from slotlab.train import train_step
@@ -58,6 +59,34 @@ def test_outputs_and_slot_carry_over(clips):
     assert longer["masks"].shape[1] == 9
 
 
+@pytest.mark.parametrize("conditioning", ["learned", "centers", "boxes"])
+def test_invariant_corrector_trains_and_starts_at_the_objects(clips, conditioning):
+    model = _model(conditioning=conditioning, attention="invariant")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for i in range(2):
+        assert torch.isfinite(train_step(model, optimizer, TASKS["video"], clips.batch(torch.tensor([i, i + 2])),
+                                         "fp32"))
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("corrector.grid_") for k in changed)  # the relative-position key encoder learns
+    assert not any(k.startswith("encoder.pos") for k in changed)  # positions enter only relative to the slots
+    batch = clips.batch(torch.tensor([0, 1]))
+    out = model.eval()(**video_inputs(model, batch))
+    assert out["positions"].shape == (2, 3, 6, 2) and out["positions"].abs().max() <= 1
+    if conditioning == "learned":
+        return
+    start = model.initial_positions(2, batch[conditioning])  # (B, K, 2): each object's first-frame centre
+    present = batch["centers"][..., -1] > 0  # (B, G=6)
+    signal = batch[conditioning][..., :-1]
+    centre = signal if conditioning == "centers" else (signal[..., :2] + signal[..., 2:]) / 2  # (ymin, xmin, ...)
+    assert torch.allclose(start[present], centre[present] * 2 - 1)
+    assert torch.equal(start[~present], torch.zeros_like(start[~present]))
+    # the slot positions are where the decoder draws: moving one start moves that slot's first-frame mask
+    moved = batch[conditioning].clone()
+    moved[..., :-1] = 1 - moved[..., :-1]  # mirror every signal
+    assert not torch.allclose(model(batch["video"], moved)["masks"][:, 0], out["masks"][:, 0])
+
+
 def test_bad_inputs_get_clear_errors(clips):
     model = _model(conditioning="centers")
     batch = clips.batch(torch.tensor([0]))
@@ -78,6 +107,8 @@ def test_bad_inputs_get_clear_errors(clips):
         _model(conditioning="masks")
     with pytest.raises(ValueError, match="model.target must be"):
         _model(target="depth")
+    with pytest.raises(ValueError, match="attention='invariant' needs model.decoder='broadcast'"):
+        _model(attention="invariant", decoder="upsample", decoder_resolution=0)
 
 
 @pytest.mark.parametrize("name", ["savi_movi_a", "savi_sprites_cpu"])  # savi_movi_c: the same model (checked)

@@ -8,6 +8,12 @@ Per frame t, the slots of frame t - 1 are *predicted* forward and then *correcte
         predicted   = TransformerBlock(corrected_t)                      self-attention over the slots
     frame_t ~ decoder(corrected_t)                                       spatial broadcast, alpha masks over slots
 
+With ``model.attention="invariant"`` (slotlab option, after Invariant Slot Attention, Biza et al., ICML 2023) each
+slot also carries a position: the corrector's keys encode pixel positions relative to it, it becomes the centre of
+mass of the slot's attention after each frame, and the broadcast decoder draws the slot in its own frame. A
+conditional model starts each slot at its object's first-frame centre (a box's centre), so attention is local from
+the first step instead of having to learn where each initial slot points.
+
 The encoder (CNN + position embedding), Slot Attention (its fast paths) and the decoders are slotlab's own
 (``nn.modules``, ``nn.slot_attention``, ``nn.models.build_decoder``); a slot keeps its object over time because it
 carries over from frame to frame. Glossary: B batch, F frames, K slots, D slot_dim, N features per frame, G
@@ -24,6 +30,7 @@ from torch import Tensor, nn
 
 from slotlab.config import ModelConfig
 from slotlab.nn.fast_paths import recompose
+from slotlab.nn.invariant import InvariantSlotAttention
 from slotlab.nn.models import build_decoder
 from slotlab.nn.modules import Encoder, keras_init_
 from slotlab.nn.precision import fp32
@@ -59,7 +66,8 @@ class SAVi(nn.Module):
     forward returns ``recon`` (B, F, 3, H, W) the recomposed frames (RGB, or the flow picture for
     ``model.target="flow"``); ``recons`` (B, F, K, 3, H, W); ``masks`` (B, F, K, 1, H, W) alpha masks (softmax over
     K); ``slots`` (B, F, K, D) the corrected slots; ``predicted`` (B, F, K, D) the predictor's output after each
-    frame; ``attn`` (B, F, K, N) the corrector's attention.
+    frame; ``attn`` (B, F, K, N) the corrector's attention; with invariant attention also ``positions``
+    (B, F, K, 2), each slot's centre of mass on each frame, (y, x) in [-1, 1].
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -67,12 +75,19 @@ class SAVi(nn.Module):
         validate_savi_config(cfg)
         self.cfg = cfg
         res = (cfg.resolution, cfg.resolution)
+        self.invariant = cfg.attention == "invariant"
         self.encoder = Encoder(res, cfg.encoder_channels, tuple(cfg.encoder_strides), kernel_size=cfg.encoder_kernel,
-                               mlp_dim=cfg.encoder_mlp_dim)
+                               mlp_dim=cfg.encoder_mlp_dim, pos_embed=not self.invariant)
         learned = cfg.conditioning == "learned"
-        self.corrector = SlotAttention(cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters,
-                                       cfg.mlp_hidden_dim, slot_init="learned" if learned else "random")
-        self.corrector.check_finite = False  # the video is checked here
+        slot_init = "learned" if learned else "random"
+        if self.invariant:  # positions enter through the keys, relative to each slot
+            self.corrector = InvariantSlotAttention(cfg.num_slots, cfg.encoder_channels,
+                                                    self.encoder.feature_resolution, cfg.slot_dim, cfg.num_iters,
+                                                    cfg.mlp_hidden_dim, cfg.grid_hidden_dim, slot_init=slot_init)
+        else:
+            self.corrector = SlotAttention(cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters,
+                                           cfg.mlp_hidden_dim, slot_init=slot_init)
+            self.corrector.check_finite = False  # the video is checked here
         self.predictor = SlotPredictor(cfg.slot_dim, cfg.predictor_heads, cfg.predictor_mlp_dim)
         if not learned:  # SAVi's coordinate encoder: an MLP from the signal (and presence) to a slot
             width = CONDITIONING_WIDTH[cfg.conditioning] + 1
@@ -85,9 +100,24 @@ class SAVi(nn.Module):
 
     def initial_slots(self, batch_size: int, conditioning: Tensor | None) -> Tensor:
         """The slots before the first frame, (B, K, D)."""
-        K = self.cfg.num_slots
         if self.cfg.conditioning == "learned":
-            return self.corrector.init_slots(batch_size, K)
+            return self.corrector.init_slots(batch_size, self.cfg.num_slots)
+        return self.initializer(self.slot_conditioning(batch_size, conditioning))  # (B, K, D)
+
+    def initial_positions(self, batch_size: int, conditioning: Tensor | None) -> Tensor | None:
+        """With invariant attention, the slots' positions before the first frame, (B, K, 2) (y, x) in [-1, 1]: each
+        object's first-frame centre (a box's centre), the image centre for absent rows and the background. None
+        for a learned initialisation (the corrector draws them uniformly, as ISA) or slot attention."""
+        if not self.invariant or self.cfg.conditioning == "learned":
+            return None
+        rows = self.slot_conditioning(batch_size, conditioning)  # (B, K, width)
+        signal, present = rows[..., :-1], rows[..., -1:] > 0
+        centre = signal if self.cfg.conditioning == "centers" else (signal[..., :2] + signal[..., 2:]) / 2
+        return torch.where(present, centre * 2 - 1, torch.zeros_like(centre))  # (B, K, 2)
+
+    def slot_conditioning(self, batch_size: int, conditioning: Tensor | None) -> Tensor:
+        """The conditioning checked and fitted to K rows (B, K, width): row k conditions slot k."""
+        K = self.cfg.num_slots
         width = CONDITIONING_WIDTH[self.cfg.conditioning] + 1
         if conditioning is None:
             raise ValueError(f"model.conditioning={self.cfg.conditioning!r} needs the first frame's "
@@ -105,7 +135,7 @@ class SAVi(nn.Module):
             conditioning = conditioning[:, :K]  # rows beyond K are all absent
         elif G < K:  # pad with absent rows
             conditioning = torch.cat([conditioning, conditioning.new_zeros(batch_size, K - G, width)], dim=1)
-        return self.initializer(conditioning)  # (B, K, D)
+        return conditioning
 
     def forward(self, video: Tensor, conditioning: Tensor | None = None) -> dict[str, Tensor]:
         check_video(video, self.cfg.resolution, finite=self.check_finite)
@@ -113,23 +143,36 @@ class SAVi(nn.Module):
         features = self.encoder(video.flatten(0, 1))  # (B*F, N, C): every frame in one batch
         features = features.unflatten(0, (B, F))  # (B, F, N, C)
         predicted = self.initial_slots(B, conditioning).to(features.dtype)
-        slots, preds, attns = [], [], []
+        positions = self.initial_positions(B, conditioning)  # (B, K, 2) or None
+        slots, preds, attns, places = [], [], [], []
         for t in range(F):
-            sa = self.corrector(features[:, t], slots=predicted)  # correct the prediction on frame t
+            if self.invariant:  # correct the prediction on frame t, from where the slots were
+                sa = self.corrector(features[:, t], slots=predicted, positions=positions)
+                positions = sa["positions"]  # (B, K, 2): centre of mass of each slot's attention on frame t
+                places.append(positions)
+            else:
+                sa = self.corrector(features[:, t], slots=predicted)  # correct the prediction on frame t
             predicted = self.predictor(sa["slots"])  # (B, K, D): the slots expected at frame t + 1
             slots.append(sa["slots"])
             preds.append(predicted)
             attns.append(sa["attn"])
         slots_t = torch.stack(slots, dim=1)  # (B, F, K, D)
-        out = fp32(self.decoder(slots_t.flatten(0, 1)))  # (B*F, K, 4, h, w)
+        to_decode = slots_t.flatten(0, 1)  # (B*F, K, D)
+        if self.invariant:  # the decoder's linear position embedding, re-centred on each slot's position
+            positions_t = torch.stack(places, dim=1)  # (B, F, K, 2)
+            to_decode = to_decode - self.decoder.stem.pos.offset((positions_t.flatten(0, 1) + 1) / 2)
+        out = fp32(self.decoder(to_decode))  # (B*F, K, 4, h, w)
         if out.shape[-1] != self.cfg.resolution:
             size = (self.cfg.resolution, self.cfg.resolution)
             out = F_nn.interpolate(out.flatten(0, 1), size, mode="bilinear")  # (B*F*K, 4, H, W)
             out = out.unflatten(0, (B * F, -1))  # (B*F, K, 4, H, W)
         recon, masks = recompose(out)  # (B*F, 3, H, W), (B*F, K, 1, H, W)
-        return {"recon": recon.unflatten(0, (B, F)), "recons": out[:, :, :3].unflatten(0, (B, F)),
-                "masks": masks.unflatten(0, (B, F)), "slots": slots_t, "predicted": torch.stack(preds, dim=1),
-                "attn": torch.stack(attns, dim=1)}
+        result = {"recon": recon.unflatten(0, (B, F)), "recons": out[:, :, :3].unflatten(0, (B, F)),
+                  "masks": masks.unflatten(0, (B, F)), "slots": slots_t, "predicted": torch.stack(preds, dim=1),
+                  "attn": torch.stack(attns, dim=1)}
+        if self.invariant:
+            result["positions"] = positions_t
+        return result
 
 
 def validate_savi_config(cfg: ModelConfig) -> None:
@@ -145,9 +188,13 @@ def validate_savi_config(cfg: ModelConfig) -> None:
                          f"{cfg.resolution}, with decoder='broadcast'")
     if cfg.slot_dim % cfg.predictor_heads:
         raise ValueError(f"model.slot_dim={cfg.slot_dim} must divide by model.predictor_heads={cfg.predictor_heads}")
-    if cfg.attention != "slot" or cfg.background != "none" or cfg.mask_source != "decoder" or cfg.mask_prior_steps:
-        raise ValueError("savi supports model.attention='slot', background='none', mask_source='decoder' and "
-                         "mask_prior_steps=0 only")
+    if cfg.attention == "invariant" and cfg.decoder != "broadcast":
+        raise ValueError("savi with model.attention='invariant' needs model.decoder='broadcast' (it draws each slot "
+                         f"in its own frame), got {cfg.decoder!r}")
+    if (cfg.attention not in ("slot", "invariant") or cfg.background != "none" or cfg.mask_source != "decoder"
+            or cfg.mask_prior_steps):
+        raise ValueError("savi supports model.attention='slot' or 'invariant', background='none', "
+                         "mask_source='decoder' and mask_prior_steps=0 only")
     unsupported = {"test_iters": 0, "attn_temperature": 1.0, "attn_temperature_steps": 0, "decoder_norm": "none"}
     changed = [f"model.{k}={getattr(cfg, k)!r}" for k, default in unsupported.items() if getattr(cfg, k) != default]
     if changed or cfg.slot_init == "farthest":
