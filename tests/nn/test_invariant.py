@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from slotlab.nn.invariant import InvariantSlotAttention
@@ -65,3 +66,23 @@ def test_gradients_reach_every_parameter():
     (out["slots"].square().sum() + out["positions"].sum()).backward()
     for name, p in sa.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_locality_prior_is_the_gaussian_log_density_around_each_slot():
+    torch.manual_seed(0)
+    sa = InvariantSlotAttention(3, 8, (4, 5), slot_dim=16, num_iters=1, locality=0.3)
+    slots, positions = torch.randn(2, 3, 16), torch.rand(2, 3, 2) * 2 - 1
+    literal = ((sa.grid[None, None] - positions[:, :, None]) ** 2).sum(-1) / (2 * 0.3**2)  # (B, K, N)
+    assert torch.allclose(sa.locality_penalty(slots, positions), literal, atol=1e-5)
+    with torch.no_grad():
+        sa.log_width.weight.normal_()  # widths that depend on the slot
+    width = sa.log_width(sa.norm_slots(slots)).exp()[..., None]  # (B, K, 1, 1)
+    literal = ((sa.grid[None, None] - positions[:, :, None]) ** 2).sum(-1) / (2 * width[..., 0] ** 2)
+    assert torch.allclose(sa.locality_penalty(slots, positions), literal, atol=1e-4)
+    # a narrow prior keeps each slot's attention centre at its starting position
+    narrow = InvariantSlotAttention(3, 8, (16, 16), slot_dim=16, num_iters=1, locality=0.05)
+    start = torch.tensor([[[-0.5, -0.5], [0.0, 0.5], [0.5, -0.25]]])
+    out = narrow(torch.randn(1, 256, 8), positions=start)
+    assert (out["positions"] - start).abs().max() < 0.2  # pulled a little towards its Voronoi cell
+    with pytest.raises(ValueError, match="locality must be >= 0"):
+        InvariantSlotAttention(3, 8, (4, 5), locality=-1.0)

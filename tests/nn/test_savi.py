@@ -87,6 +87,22 @@ def test_invariant_corrector_trains_and_starts_at_the_objects(clips, conditionin
     assert not torch.allclose(model(batch["video"], moved)["masks"][:, 0], out["masks"][:, 0])
 
 
+def test_locality_keeps_untrained_slots_at_their_objects():
+    """Without the prior an untrained corrector's attention is not local: every slot's centre of mass lands near
+    the image centre on the first frame, and the first-frame centres are lost; with it they stay on the objects."""
+    v = generate_moving_sprites(4, seed=5, num_frames=2, resolution=32)
+    batch = VideoSet(v["video"], v["labels"], 6, motion=v["motion"], clip_length=2).batch(torch.arange(4))
+    present = batch["centers"][..., -1] > 0
+    start = batch["centers"][..., :2][present] * 2 - 1
+    error = {}
+    for locality in (0.0, 0.25):
+        model = _model(conditioning="centers", attention="invariant", attn_locality=locality).eval()
+        with torch.no_grad():
+            error[locality] = (model(batch["video"], batch["centers"])["positions"][:, 0][present] - start).norm(
+                dim=-1).mean().item()
+    assert error[0.25] < 0.3 < 0.6 < error[0.0], error
+
+
 def test_bad_inputs_get_clear_errors(clips):
     model = _model(conditioning="centers")
     batch = clips.batch(torch.tensor([0]))
@@ -109,6 +125,8 @@ def test_bad_inputs_get_clear_errors(clips):
         _model(target="depth")
     with pytest.raises(ValueError, match="attention='invariant' needs model.decoder='broadcast'"):
         _model(attention="invariant", decoder="upsample", decoder_resolution=0)
+    with pytest.raises(ValueError, match="attn_locality=0.2 needs model.attention='invariant'"):
+        _model(attn_locality=0.2)
 
 
 @pytest.mark.parametrize("name", ["savi_movi_a", "savi_sprites_cpu"])  # savi_movi_c: the same model (checked)

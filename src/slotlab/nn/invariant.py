@@ -11,7 +11,12 @@ slotlab's variant (documented deviations from the ISA release):
   lets the logits be computed without materialising per-slot keys: with h_kn = relu(u_n - A p_k) where
   u_n = W1 k_n + A g_n + c and A = W1 G, the logit is (W2^T q_k) . h_kn + q_k . b2 — O(B K N H) additions instead
   of O(B K N H D) multiply-adds;
-- values are the plain projected inputs (ISA's "V2"); positions enter the slots only through the attention.
+- values are the plain projected inputs (ISA's "V2"); positions enter the slots only through the attention;
+- ``locality`` > 0 adds a Gaussian prior around each slot's position to its attention logits,
+  -|g_n - p_k|^2 / (2 w_k^2), with a width w_k = exp(a . LN(slot_k) + b) that each slot learns (a = 0 and
+  w = ``locality`` at initialisation). Without it the attention of an untrained model is not local, so the centre of
+  mass of every slot lands near the image centre after the first round and given starting positions (SAVi's
+  first-frame centres) are lost; with it, a slot attends around where it starts from the first step.
 
 As in ISA: initial positions uniform in [-1, 1]^2, drawn fresh on every call; T rounds of attention + GRU + MLP and
 one final round that only updates the positions. Glossary: B batch, N inputs, K slots, D slot_dim, H hidden.
@@ -37,7 +42,7 @@ class InvariantSlotAttention(SlotCore):
 
     def __init__(self, num_slots: int, input_dim: int, resolution: tuple[int, int], slot_dim: int = 64,
                  num_iters: int = 3, mlp_hidden_dim: int = 128, grid_hidden_dim: int = 64, eps: float = 1e-8,
-                 ln_eps: float = 1e-3, slot_init: str = "random") -> None:
+                 ln_eps: float = 1e-3, slot_init: str = "random", locality: float = 0.0) -> None:
         key_layers = {
             "grid_proj": nn.Linear(2, slot_dim),  # G: relative position -> key space
             "grid_hidden": nn.Linear(slot_dim, grid_hidden_dim),  # W1, c
@@ -47,6 +52,13 @@ class InvariantSlotAttention(SlotCore):
                          ln_eps=ln_eps, slot_init=slot_init, key_layers=key_layers)
         grid = build_grid(*resolution)[0, :2].flatten(1).T * 2 - 1  # (N, 2), (y, x) in [-1, 1]
         self.register_buffer("grid", grid, persistent=False)
+        if not locality >= 0:
+            raise ValueError(f"InvariantSlotAttention: locality must be >= 0 (0 = no prior), got {locality!r}")
+        self.log_width = None
+        if locality > 0:  # the Gaussian prior's log-width per slot, a linear function of the normalised slot
+            self.log_width = nn.Linear(slot_dim, 1)
+            nn.init.zeros_(self.log_width.weight)
+            nn.init.constant_(self.log_width.bias, float(torch.tensor(locality).log()))
 
     def forward(self, inputs: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
                 slots: Tensor | None = None, positions: Tensor | None = None) -> dict[str, Tensor]:
@@ -79,6 +91,8 @@ class InvariantSlotAttention(SlotCore):
             q = self.to_q(self.norm_slots(slots)) * self.scale  # (B, K, D)
             q_h = q @ self.grid_out.weight  # (B, K, H): W2^T q
             logits = torch.einsum("bkh,bknh->bkn", q_h, h) + (q @ self.grid_out.bias)[:, :, None]  # (B, K, N)
+            if self.log_width is not None:  # Gaussian prior around each slot's position
+                logits = logits - self.locality_penalty(slots, positions)
             attn = fp32(logits).softmax(dim=1)  # softmax over slots (fp32 under autocast, as what follows)
             weights = attn + self.eps
             weights = weights / weights.sum(dim=-1, keepdim=True)  # (B, K, N), weighted mean over inputs
@@ -90,6 +104,13 @@ class InvariantSlotAttention(SlotCore):
                 slots = self.refine(updates, slots)
         attns = torch.stack(attns, dim=1) if attns else attn[:, None][:, :0]  # T = 0: (B, 0, K, N)
         return {"slots": slots, "positions": positions, "attn": attn, "attns": attns}
+
+    def locality_penalty(self, slots: Tensor, positions: Tensor) -> Tensor:
+        """|g_n - p_k|^2 / (2 w_k^2), (B, K, N): subtracted from the logits (``locality`` > 0)."""
+        width = self.log_width(self.norm_slots(slots)).exp()  # (B, K, 1)
+        dist2 = (self.grid.square().sum(-1) - 2 * positions @ self.grid.T
+                 + positions.square().sum(-1, keepdim=True))  # (B, K, N)
+        return dist2 / (2 * width.square())
 
     def reference_logits(self, inputs: Tensor, slots: Tensor, positions: Tensor) -> Tensor:
         """The literal per-slot keys W2 relu(W1 (k_n + G (g_n - p_k)) + c) + b2 and their logits, for tests."""

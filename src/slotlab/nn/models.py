@@ -57,7 +57,7 @@ class SlotAttentionAutoEncoder(nn.Module):
         if invariant:
             self.slot_attention = InvariantSlotAttention(
                 cfg.num_slots, cfg.encoder_channels, self.encoder.feature_resolution, cfg.slot_dim, cfg.num_iters,
-                cfg.mlp_hidden_dim, cfg.grid_hidden_dim, slot_init=cfg.slot_init,
+                cfg.mlp_hidden_dim, cfg.grid_hidden_dim, slot_init=cfg.slot_init, locality=cfg.attn_locality,
             )
         else:
             self.slot_attention = SlotAttention(
@@ -173,6 +173,15 @@ def validate_slot_options(cfg: ModelConfig) -> None:
                          f"{cfg.attn_temperature!r} and {cfg.attn_temperature_steps!r}")
 
 
+def validate_locality(cfg: ModelConfig) -> None:
+    """``model.attn_locality`` is a width >= 0, and only invariant attention has slot positions to centre it on."""
+    if not cfg.attn_locality >= 0:
+        raise ValueError(f"model.attn_locality must be >= 0 (0 = no prior), got {cfg.attn_locality!r}")
+    if cfg.attn_locality and cfg.attention != "invariant":
+        raise ValueError(f"model.attn_locality={cfg.attn_locality} needs model.attention='invariant' (slots with "
+                         f"positions), got attention={cfg.attention!r}")
+
+
 def validate_model_config(cfg: ModelConfig) -> None:
     """Reject option combinations the model cannot build, naming what is expected."""
     validate_slot_options(cfg)
@@ -192,6 +201,7 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.attention must be 'slot' or 'invariant', got {cfg.attention!r}")
     if cfg.attention == "invariant" and cfg.decoder not in ("mlp", "broadcast"):
         raise ValueError("model.attention='invariant' needs decoder 'mlp' or 'broadcast' (slot frames)")
+    validate_locality(cfg)
     if cfg.attention == "invariant" and (cfg.implicit_grad or cfg.straight_through):
         raise ValueError("model.implicit_grad / model.straight_through need model.attention='slot'; the invariant "
                          "module has neither")

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from slotlab.config import ModelConfig
 from slotlab.nn.fast_paths import recompose
 from slotlab.nn.invariant import InvariantSlotAttention
-from slotlab.nn.models import build_decoder
+from slotlab.nn.models import build_decoder, validate_locality
 from slotlab.nn.modules import Encoder, keras_init_
 from slotlab.nn.precision import fp32
 from slotlab.nn.slot_attention import SlotAttention
@@ -83,7 +83,8 @@ class SAVi(nn.Module):
         if self.invariant:  # positions enter through the keys, relative to each slot
             self.corrector = InvariantSlotAttention(cfg.num_slots, cfg.encoder_channels,
                                                     self.encoder.feature_resolution, cfg.slot_dim, cfg.num_iters,
-                                                    cfg.mlp_hidden_dim, cfg.grid_hidden_dim, slot_init=slot_init)
+                                                    cfg.mlp_hidden_dim, cfg.grid_hidden_dim, slot_init=slot_init,
+                                                    locality=cfg.attn_locality)
         else:
             self.corrector = SlotAttention(cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters,
                                            cfg.mlp_hidden_dim, slot_init=slot_init)
@@ -188,6 +189,7 @@ def validate_savi_config(cfg: ModelConfig) -> None:
                          f"{cfg.resolution}, with decoder='broadcast'")
     if cfg.slot_dim % cfg.predictor_heads:
         raise ValueError(f"model.slot_dim={cfg.slot_dim} must divide by model.predictor_heads={cfg.predictor_heads}")
+    validate_locality(cfg)
     if cfg.attention == "invariant" and cfg.decoder != "broadcast":
         raise ValueError("savi with model.attention='invariant' needs model.decoder='broadcast' (it draws each slot "
                          f"in its own frame), got {cfg.decoder!r}")
