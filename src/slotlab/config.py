@@ -61,6 +61,8 @@ class ModelConfig:
     conditioning: str = "learned"  # video: initial slots "learned", or from first-frame "centers" or "boxes"
     target: str = "rgb"  # video: reconstruct the "rgb" frames or the optical "flow" (as a colour-wheel picture)
     flow_max_magnitude: float = 5.0  # video, target="flow": flow (pixels) at full colour saturation
+    slot_motion: str = "none"  # video, invariant attention: "velocity" starts each slot on the next frame where its
+    #                            last two centres extrapolate to (constant velocity); "none": where it was (slotlab)
     predictor_heads: int = 4  # video: attention heads of the predictor's transformer block
     predictor_mlp_dim: int = 256  # video: MLP size of the predictor and of the conditioning encoder
     decoder_resolution: int = 0  # video: the decoder draws at this size, upsampled (bilinear) to resolution (0 = same)

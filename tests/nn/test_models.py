@@ -60,6 +60,11 @@ def test_background_layer_is_one_more_flat_component():
         validate_model_config(ModelConfig(attention="invariant", decoder="mlp", implicit_grad=True))
     with pytest.raises(ValueError, match="is for the autoencoder"):
         SetPredictor(ModelConfig(task="set_prediction", background="uniform"))
+    with pytest.raises(ValueError, match="slot_motion='velocity' moves video slots"):
+        validate_model_config(ModelConfig(slot_motion="velocity"))
+    with pytest.raises(ValueError, match="attn_locality=0.3 needs model.attention='invariant'"):
+        validate_model_config(ModelConfig(attn_locality=0.3))
+    validate_model_config(ModelConfig(attention="invariant", decoder="mlp", attn_locality=0.3))  # fine
 
 
 @pytest.mark.parametrize("res,kernel", [((35, 35), 5), ((8, 13), 5), ((5, 5), 5), ((3, 4), 5), ((35, 35), 3),

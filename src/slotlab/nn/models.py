@@ -202,6 +202,9 @@ def validate_model_config(cfg: ModelConfig) -> None:
     if cfg.attention == "invariant" and cfg.decoder not in ("mlp", "broadcast"):
         raise ValueError("model.attention='invariant' needs decoder 'mlp' or 'broadcast' (slot frames)")
     validate_locality(cfg)
+    if cfg.slot_motion != "none":
+        raise ValueError(f"model.slot_motion={cfg.slot_motion!r} moves video slots between frames; this model is "
+                         f"an image model (model.task={cfg.task!r}); leave it 'none'")
     if cfg.attention == "invariant" and (cfg.implicit_grad or cfg.straight_through):
         raise ValueError("model.implicit_grad / model.straight_through need model.attention='slot'; the invariant "
                          "module has neither")

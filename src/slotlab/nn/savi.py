@@ -116,6 +116,13 @@ class SAVi(nn.Module):
         centre = signal if self.cfg.conditioning == "centers" else (signal[..., :2] + signal[..., 2:]) / 2
         return torch.where(present, centre * 2 - 1, torch.zeros_like(centre))  # (B, K, 2)
 
+    def next_positions(self, places: list[Tensor]) -> Tensor:
+        """Where the slots start on the next frame, (B, K, 2): their last centres, or (``model.slot_motion=
+        "velocity"``) those moved on by their last displacement, inside the image."""
+        if self.cfg.slot_motion == "velocity" and len(places) > 1:
+            return (2 * places[-1] - places[-2]).clamp(-1, 1)
+        return places[-1]
+
     def slot_conditioning(self, batch_size: int, conditioning: Tensor | None) -> Tensor:
         """The conditioning checked and fitted to K rows (B, K, width): row k conditions slot k."""
         K = self.cfg.num_slots
@@ -147,10 +154,10 @@ class SAVi(nn.Module):
         positions = self.initial_positions(B, conditioning)  # (B, K, 2) or None
         slots, preds, attns, places = [], [], [], []
         for t in range(F):
-            if self.invariant:  # correct the prediction on frame t, from where the slots were
+            if self.invariant:  # correct the prediction on frame t, from where the slots are expected
                 sa = self.corrector(features[:, t], slots=predicted, positions=positions)
-                positions = sa["positions"]  # (B, K, 2): centre of mass of each slot's attention on frame t
-                places.append(positions)
+                places.append(sa["positions"])  # (B, K, 2): centre of mass of each slot's attention on frame t
+                positions = self.next_positions(places)
             else:
                 sa = self.corrector(features[:, t], slots=predicted)  # correct the prediction on frame t
             predicted = self.predictor(sa["slots"])  # (B, K, D): the slots expected at frame t + 1
@@ -190,6 +197,10 @@ def validate_savi_config(cfg: ModelConfig) -> None:
     if cfg.slot_dim % cfg.predictor_heads:
         raise ValueError(f"model.slot_dim={cfg.slot_dim} must divide by model.predictor_heads={cfg.predictor_heads}")
     validate_locality(cfg)
+    if cfg.slot_motion not in ("none", "velocity"):
+        raise ValueError(f"model.slot_motion must be 'none' or 'velocity', got {cfg.slot_motion!r}")
+    if cfg.slot_motion != "none" and cfg.attention != "invariant":
+        raise ValueError("model.slot_motion='velocity' needs model.attention='invariant' (slots with positions)")
     if cfg.attention == "invariant" and cfg.decoder != "broadcast":
         raise ValueError("savi with model.attention='invariant' needs model.decoder='broadcast' (it draws each slot "
                          f"in its own frame), got {cfg.decoder!r}")
