@@ -76,7 +76,8 @@ def test_locality_prior_is_the_gaussian_log_density_around_each_slot():
     assert torch.allclose(sa.locality_penalty(slots, positions), literal, atol=1e-5)
     with torch.no_grad():
         sa.log_width.weight.normal_()  # widths that depend on the slot
-    width = sa.log_width(sa.norm_slots(slots)).exp()[..., None]  # (B, K, 1, 1)
+    width = sa.log_width(sa.norm_slots(slots)).exp().clamp(min=0.3)[..., None]  # (B, K, 1, 1): never below 0.3
+    assert (width > 0.3).any()
     literal = ((sa.grid[None, None] - positions[:, :, None]) ** 2).sum(-1) / (2 * width[..., 0] ** 2)
     assert torch.allclose(sa.locality_penalty(slots, positions), literal, atol=1e-4)
     # a narrow prior keeps each slot's attention centre at its starting position
