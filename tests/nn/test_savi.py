@@ -108,7 +108,7 @@ def test_velocity_motion_extrapolates_each_slot(clips):
     first, second = torch.tensor([[[0.0, 0.0], [0.5, -0.5]]]), torch.tensor([[[0.1, -0.2], [0.9, -0.4]]])
     assert torch.allclose(model.next_positions([first]), first)
     assert torch.allclose(model.next_positions([first, second]), torch.tensor([[[0.2, -0.4], [1.0, -0.3]]]))
-    still = _model(conditioning="centers", attention="invariant", attn_locality=0.25)
+    still = _model(conditioning="centers", attention="invariant", attn_locality=0.25, slot_motion="none")
     assert torch.equal(still.next_positions([first, second]), second)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     assert torch.isfinite(train_step(model, optimizer, TASKS["video"], clips.batch(torch.tensor([0, 1])), "fp32"))
@@ -137,9 +137,9 @@ def test_bad_inputs_get_clear_errors(clips):
     with pytest.raises(ValueError, match="attention='invariant' needs model.decoder='broadcast'"):
         _model(attention="invariant", decoder="upsample", decoder_resolution=0)
     with pytest.raises(ValueError, match="slot_motion='velocity' needs model.attention='invariant'"):
-        _model(slot_motion="velocity")
+        _model(attention="slot", attn_locality=0.0, slot_motion="velocity")
     with pytest.raises(ValueError, match="attn_locality=0.2 needs model.attention='invariant'"):
-        _model(attn_locality=0.2)
+        _model(attention="slot", slot_motion="none", attn_locality=0.2)
 
 
 @pytest.mark.parametrize("name", ["savi_movi_a", "savi_sprites_cpu"])  # savi_movi_c: the same model (checked)
