@@ -6,9 +6,11 @@ Each variant trains for ``--minutes`` of training time on 6-frame clips, evaluat
 24-frame videos). Writes ``<workdir>/savi_curve.json`` (every row, the machine), ``<workdir>/savi_curve.png`` (the
 curves) and ``<workdir>/centers/scenes.gif`` (an animation of the conditional model), and prints a markdown table.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/savi_curve.py --minutes 30 --workdir runs/savi_curve
+    OMP_WAIT_POLICY=ACTIVE python benchmarks/savi_curve.py --minutes 30 --workdir runs/savi_curve
 
 Timing excludes evaluation; it is wall-clock time of the training steps on this machine (2 threads by default).
+On a dedicated 2-core machine ``OMP_WAIT_POLICY=ACTIVE`` made a step 1.6x faster than ``PASSIVE`` (docs/video.md);
+use ``PASSIVE`` when other jobs share the cores.
 """
 
 from __future__ import annotations
@@ -61,11 +63,16 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--workdir", type=Path, default=Path("runs/savi_curve"))
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--replot", type=Path, nargs="+", default=None, metavar="JSON",
-                   help="train nothing: draw the variants of these savi_curve.json files into one --workdir plot")
+    p.add_argument("--replot", nargs="+", default=None, metavar="[LABEL=]JSON",
+                   help="train nothing: draw the variants of these savi_curve.json files into one --workdir plot "
+                        "(LABEL= names a file's variants 'LABEL: variant', e.g. to compare two designs)")
     args = p.parse_args()
     if args.replot:
-        merged = {name: res for path in args.replot for name, res in json.loads(path.read_text())["results"].items()}
+        merged = {}
+        for spec in args.replot:
+            label, _, path = spec.rpartition("=")
+            for name, res in json.loads(Path(path).read_text())["results"].items():
+                merged[f"{label}: {name}" if label else name] = res
         args.workdir.mkdir(parents=True, exist_ok=True)
         plot(merged, args.workdir / "savi_curve.png")
         print(f"wrote {args.workdir / 'savi_curve.png'} ({', '.join(merged)})")

@@ -40,7 +40,8 @@ class ModelConfig:
     fast_stem: bool = True  # broadcast decoder: exact cheaper first layer
     implicit_grad: bool = False  # detach slots before the last iteration (Chang et al. 2022)
     straight_through: bool = False  # with implicit_grad: that gradient goes to the initial slots (BO-QSA)
-    attention: str = "slot"  # "slot" (the paper) or "invariant" (slot-centric frames, Biza et al. 2023; mlp decoder)
+    attention: str = "slot"  # "slot" (the paper) or "invariant" (slot-centric frames, Biza et al. 2023; the mlp or
+    #                          broadcast decoder; for video, docs/video.md)
     slot_init: str = "random"  # "random" (paper: shared mu, sigma), "learned" (one vector per slot, BO-QSA) or
     #                            "farthest" (farthest-point seeds among the inputs' values; slotlab)
     attn_temperature: float = 1.0  # attention logits divided by this at step 0 ...
