@@ -92,6 +92,14 @@ def test_synthetic_batch_marks_what_the_step_benchmarks_cover():
     assert train_step.parse_case("tiny:2", 8)[2] == 2
     with pytest.raises(ValueError, match="set_prediction preset, which this benchmark does not cover"):
         train_step.parse_case("tiny_set", 8)
+    with pytest.raises(ValueError, match="video preset, which this benchmark does not cover"):
+        train_step.parse_case("tiny_video", 8)
+    # a video preset's synthetic batch drives the profiled step (benchmarks/profile_train.py)
+    video_cfg = get_experiment("tiny_video")
+    step = train_step.synthetic_step(video_cfg, 2, fast=True, precision="fp32")
+    assert torch.isfinite(step())
+    clips = get_task(video_cfg.model).synthetic_batch(video_cfg.model, 2, "cpu")
+    assert clips["video"].shape[:3] == (2, 6, 3) and clips["centers"][:, 0, -1].eq(0).all()
 
 
 def test_set_task_loss_is_zero_on_its_targets():

@@ -49,12 +49,14 @@ Case = tuple[str, dict, int]  # (label, ExperimentConfig.to_dict(), batch size):
 
 def parse_preset(spec: str, batch: int, command: str) -> tuple[str, int]:
     """``NAME`` or ``NAME:BATCH`` (e.g. ``clevr6:2``) -> (preset name, batch); ``command`` names the benchmark in
-    errors. The preset's task must have a synthetic batch (the benchmarks' step)."""
+    errors. The preset's task must have a synthetic batch of images (the benchmarks' step and FLOP count; video
+    presets are profiled with ``benchmarks/profile_train.py``)."""
     name, _, b = spec.partition(":")
     if b and not (b.isdigit() and int(b) > 0):
         raise ValueError(f"{command}: preset must be NAME or NAME:BATCH, got {spec!r}")
     cfg = get_experiment(name)
-    if get_task(cfg).synthetic_batch is None:
+    task = get_task(cfg)
+    if task.synthetic_batch is None or task.input_key != "image":
         raise ValueError(f"{command}: {name!r} is a {cfg.model.task} preset, which this benchmark does not cover")
     return name, int(b) if b else batch
 
