@@ -73,13 +73,13 @@ def test_locality_prior_is_the_gaussian_log_density_around_each_slot():
     sa = InvariantSlotAttention(3, 8, (4, 5), slot_dim=16, num_iters=1, locality=0.3)
     slots, positions = torch.randn(2, 3, 16), torch.rand(2, 3, 2) * 2 - 1
     literal = ((sa.grid[None, None] - positions[:, :, None]) ** 2).sum(-1) / (2 * 0.3**2)  # (B, K, N)
-    assert torch.allclose(sa.locality_penalty(slots, positions), literal, atol=1e-5)
+    assert torch.allclose(sa.locality_penalty(sa.norm_slots(slots), positions), literal, atol=1e-5)
     with torch.no_grad():
         sa.log_width.weight.normal_()  # widths that depend on the slot
     width = sa.log_width(sa.norm_slots(slots)).exp().clamp(min=0.3)[..., None]  # (B, K, 1, 1): never below 0.3
     assert (width > 0.3).any()
     literal = ((sa.grid[None, None] - positions[:, :, None]) ** 2).sum(-1) / (2 * width[..., 0] ** 2)
-    assert torch.allclose(sa.locality_penalty(slots, positions), literal, atol=1e-4)
+    assert torch.allclose(sa.locality_penalty(sa.norm_slots(slots), positions), literal, atol=1e-4)
     # a narrow prior keeps each slot's attention centre at its starting position
     narrow = InvariantSlotAttention(3, 8, (16, 16), slot_dim=16, num_iters=1, locality=0.05)
     start = torch.tensor([[[-0.5, -0.5], [0.0, 0.5], [0.5, -0.25]]])

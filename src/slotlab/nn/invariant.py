@@ -90,11 +90,12 @@ class InvariantSlotAttention(SlotCore):
         attns = []
         for round_ in range(num_iters + 1):
             h = torch.relu(u[:, None] - (positions @ A.T)[:, :, None])  # (B, K, N, H)
-            q = self.to_q(self.norm_slots(slots)) * self.scale  # (B, K, D)
+            normed = self.norm_slots(slots)  # (B, K, D)
+            q = self.to_q(normed) * self.scale  # (B, K, D)
             q_h = q @ self.grid_out.weight  # (B, K, H): W2^T q
             logits = torch.einsum("bkh,bknh->bkn", q_h, h) + (q @ self.grid_out.bias)[:, :, None]  # (B, K, N)
             if self.log_width is not None:  # Gaussian prior around each slot's position
-                logits = logits - self.locality_penalty(slots, positions)
+                logits = logits - self.locality_penalty(normed, positions)
             attn = fp32(logits).softmax(dim=1)  # softmax over slots (fp32 under autocast, as what follows)
             weights = attn + self.eps
             weights = weights / weights.sum(dim=-1, keepdim=True)  # (B, K, N), weighted mean over inputs
@@ -107,9 +108,10 @@ class InvariantSlotAttention(SlotCore):
         attns = torch.stack(attns, dim=1) if attns else attn[:, None][:, :0]  # T = 0: (B, 0, K, N)
         return {"slots": slots, "positions": positions, "attn": attn, "attns": attns}
 
-    def locality_penalty(self, slots: Tensor, positions: Tensor) -> Tensor:
-        """|g_n - p_k|^2 / (2 w_k^2), (B, K, N): subtracted from the logits (``locality`` > 0)."""
-        width = self.log_width(self.norm_slots(slots)).exp().clamp(min=self.locality)  # (B, K, 1)
+    def locality_penalty(self, normed_slots: Tensor, positions: Tensor) -> Tensor:
+        """|g_n - p_k|^2 / (2 w_k^2), (B, K, N), from the LayerNorm-ed slots (B, K, D) and their positions (B, K, 2):
+        subtracted from the logits (``locality`` > 0)."""
+        width = self.log_width(normed_slots).exp().clamp(min=self.locality)  # (B, K, 1)
         dist2 = (self.grid.square().sum(-1) - 2 * positions @ self.grid.T
                  + positions.square().sum(-1, keepdim=True))  # (B, K, N)
         return dist2 / (2 * width.square())
