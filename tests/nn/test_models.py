@@ -60,8 +60,12 @@ def test_background_layer_is_one_more_flat_component():
         validate_model_config(ModelConfig(attention="invariant", decoder="mlp", implicit_grad=True))
     with pytest.raises(ValueError, match="is for the autoencoder"):
         SetPredictor(ModelConfig(task="set_prediction", background="uniform"))
-    with pytest.raises(ValueError, match="slot_motion='velocity' moves video slots"):
+    with pytest.raises(ValueError, match="slot_motion='velocity' is a video model option"):
         validate_model_config(ModelConfig(slot_motion="velocity"))
+    with pytest.raises(ValueError, match="absent_slots='drop' is a video model option"):
+        validate_model_config(ModelConfig(absent_slots="drop"))
+    with pytest.raises(ValueError, match="background_locality=False is a video model option"):
+        validate_model_config(ModelConfig(background_locality=False))
     with pytest.raises(ValueError, match="attn_locality=0.3 needs model.attention='invariant'"):
         validate_model_config(ModelConfig(attn_locality=0.3))
     validate_model_config(ModelConfig(attention="invariant", decoder="mlp", attn_locality=0.3))  # fine

@@ -114,6 +114,58 @@ def test_velocity_motion_extrapolates_each_slot(clips):
     assert torch.isfinite(train_step(model, optimizer, TASKS["video"], clips.batch(torch.tensor([0, 1])), "fp32"))
 
 
+def test_dropped_absent_slots_take_nothing_and_change_nothing(clips):
+    """absent_slots='drop': the slots of absent rows get no attention and no mask, and the other slots evolve as
+    in a model with only the background and the present objects' slots (the same weights, K = 1 + objects)."""
+    options = dict(conditioning="centers", attention="invariant", attn_locality=0.25, slot_motion="velocity",
+                   absent_slots="drop")
+    model = _model(**options).eval()
+    batch = clips.batch(torch.tensor([0]))
+    objects = 2
+    batch["centers"][:, 1 + objects:] = 0  # condition on two of the objects: the rows after them are absent
+    with torch.no_grad():
+        out = model(batch["video"], batch["centers"])
+        small = _model(**options, num_slots=1 + objects).eval()
+        small.load_state_dict(model.state_dict())
+        alone = small(batch["video"], batch["centers"][:, :1 + objects])
+    dropped = slice(1 + objects, None)
+    assert out["masks"][:, :, dropped].max() == 0 and out["attn"][:, :, dropped].max() == 0
+    assert torch.allclose(out["masks"].sum(2), torch.ones(()))
+    for key in ("masks", "slots", "positions"):
+        assert torch.allclose(out[key][:, :, :1 + objects], alone[key], atol=1e-5), key
+    kept = _model(**options | {"absent_slots": "keep"}).eval()
+    kept.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert kept(batch["video"], batch["centers"])["masks"][:, :, dropped].max() > 0.01
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    assert torch.isfinite(train_step(model.train(), optimizer, TASKS["video"], clips.batch(torch.tensor([0, 1])),
+                                     "fp32"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_background_slot_without_locality_prior(clips):
+    """background_locality=False: the background slot's logits carry no prior; the objects' slots keep it."""
+    model = _model(conditioning="centers", attention="invariant", attn_locality=0.25, background_locality=False)
+    assert model.slot_roles(2, clips.batch(torch.tensor([0, 1]))["centers"])[1].tolist() == [[False] + [True] * 5] * 2
+    sa = model.corrector
+    torch.manual_seed(1)
+    inputs, slots, positions = torch.randn(2, 64, 8), torch.randn(2, 6, 16), torch.rand(2, 6, 2) * 2 - 1
+    local = torch.tensor([[False] + [True] * 5] * 2)
+    with torch.no_grad():
+        prior = sa(inputs, slots=slots, positions=positions, num_iters=0)["attn"]
+        some = sa(inputs, slots=slots, positions=positions, num_iters=0, local=local)["attn"]
+        sa.log_width = None  # the same module without a prior
+        none = sa(inputs, slots=slots, positions=positions, num_iters=0)["attn"]
+    # softmax over slots: the ratios among prior-bound slots are those of the full prior ...
+    assert torch.allclose(some[:, 1:] / some[:, 1:].sum(1, keepdim=True), prior[:, 1:] / prior[:, 1:].sum(
+        1, keepdim=True), atol=1e-5)
+    # ... and the background's logit is the prior-free one: its odds against any slot k > 0 gain k's penalty
+    logit_gap = (some[:, 0] / some[:, 1]).log() - (none[:, 0] / none[:, 1]).log()
+    assert (logit_gap > -1e-4).all() and logit_gap.max() > 1
+    with pytest.raises(ValueError, match="background_locality=False needs a conditional model"):
+        _model(conditioning="learned", attention="invariant", attn_locality=0.25, background_locality=False)
+
+
 def test_bad_inputs_get_clear_errors(clips):
     model = _model(conditioning="centers")
     batch = clips.batch(torch.tensor([0]))
@@ -140,6 +192,10 @@ def test_bad_inputs_get_clear_errors(clips):
         _model(attention="slot", attn_locality=0.0, slot_motion="velocity")
     with pytest.raises(ValueError, match="attn_locality=0.2 needs model.attention='invariant'"):
         _model(attention="slot", slot_motion="none", attn_locality=0.2)
+    with pytest.raises(ValueError, match="absent_slots must be 'keep' or 'drop'"):
+        _model(absent_slots="hide")
+    with pytest.raises(ValueError, match="absent_slots='drop' needs a conditional model"):
+        _model(conditioning="learned", attention="invariant", attn_locality=0.25, absent_slots="drop")
 
 
 @pytest.mark.parametrize("name", ["savi_movi_a", "savi_sprites_cpu"])  # savi_movi_c: the same model (checked)

@@ -63,8 +63,13 @@ class InvariantSlotAttention(SlotCore):
             nn.init.constant_(self.log_width.bias, float(torch.tensor(locality).log()))
 
     def forward(self, inputs: Tensor, *, num_slots: int | None = None, num_iters: int | None = None,
-                slots: Tensor | None = None, positions: Tensor | None = None) -> dict[str, Tensor]:
+                slots: Tensor | None = None, positions: Tensor | None = None, active: Tensor | None = None,
+                local: Tensor | None = None) -> dict[str, Tensor]:
         """inputs (B, N, input_dim) with N = H * W of ``resolution``.
+
+        ``active`` (B, K) bool: slots that take part (default all); an inactive slot gets no attention (its
+        softmax share is 0; at least one slot per example must be active). ``local`` (B, K) bool: slots under the
+        locality prior (default all; ``locality`` > 0).
 
         T rounds of attention update the slots and their positions; one more round, from the final slots, only
         updates the positions. Returns ``slots`` (B, K, D), ``positions`` (B, K, 2) in [-1, 1] (y, x),
@@ -74,6 +79,8 @@ class InvariantSlotAttention(SlotCore):
         B, N, _ = inputs.shape
         if N != self.grid.shape[0]:
             raise ValueError(f"InvariantSlotAttention: expected N = {self.grid.shape[0]} inputs, got {N}")
+        if active is not None and not active.any(dim=1).all():
+            raise ValueError("InvariantSlotAttention: every example needs at least one active slot")
         num_iters = self.iterations(num_iters)
         if slots is None:
             slots = self.init_slots(B, num_slots or self.num_slots)
@@ -95,7 +102,10 @@ class InvariantSlotAttention(SlotCore):
             q_h = q @ self.grid_out.weight  # (B, K, H): W2^T q
             logits = torch.einsum("bkh,bknh->bkn", q_h, h) + (q @ self.grid_out.bias)[:, :, None]  # (B, K, N)
             if self.log_width is not None:  # Gaussian prior around each slot's position
-                logits = logits - self.locality_penalty(normed, positions)
+                penalty = self.locality_penalty(normed, positions)  # (B, K, N)
+                logits = logits - (penalty if local is None else penalty * local[:, :, None])
+            if active is not None:  # inactive slots take no share of any input
+                logits = logits.masked_fill(~active[:, :, None], float("-inf"))
             attn = fp32(logits).softmax(dim=1)  # softmax over slots (fp32 under autocast, as what follows)
             weights = attn + self.eps
             weights = weights / weights.sum(dim=-1, keepdim=True)  # (B, K, N), weighted mean over inputs

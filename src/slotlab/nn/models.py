@@ -202,9 +202,11 @@ def validate_model_config(cfg: ModelConfig) -> None:
     if cfg.attention == "invariant" and cfg.decoder not in ("mlp", "broadcast"):
         raise ValueError("model.attention='invariant' needs decoder 'mlp' or 'broadcast' (slot frames)")
     validate_locality(cfg)
-    if cfg.slot_motion != "none":
-        raise ValueError(f"model.slot_motion={cfg.slot_motion!r} moves video slots between frames; this model is "
-                         f"an image model (model.task={cfg.task!r}); leave it 'none'")
+    video_only = {"slot_motion": "none", "absent_slots": "keep", "background_locality": True}
+    for key, default in video_only.items():
+        if getattr(cfg, key) != default:
+            raise ValueError(f"model.{key}={getattr(cfg, key)!r} is a video model option; this model is "
+                             f"an image model (model.task={cfg.task!r}); leave it {default!r}")
     if cfg.attention == "invariant" and (cfg.implicit_grad or cfg.straight_through):
         raise ValueError("model.implicit_grad / model.straight_through need model.attention='slot'; the invariant "
                          "module has neither")

@@ -37,11 +37,13 @@ from slotlab.nn.precision import fp32
 from slotlab.nn.slot_attention import SlotAttention
 
 CONDITIONING_WIDTH = {"centers": 2, "boxes": 4}  # signal channels before the presence flag
+DROPPED_LOGIT = -1e4  # added to a dropped slot's mask logit: exp() underflows to 0, finite in fp16 / bf16 too
 
 
 class SlotPredictor(nn.Module):
     """The predictor: one transformer block over the slots (multi-head self-attention, then an MLP, each with a
-    residual and a post-LayerNorm, as SAVi's ``TransformerBlock``). (B, K, D) -> (B, K, D)."""
+    residual and a post-LayerNorm, as SAVi's ``TransformerBlock``). (B, K, D) -> (B, K, D); ``active`` (B, K)
+    bool, if given: the slots attended to (inactive ones are still updated, but no slot reads them)."""
 
     def __init__(self, slot_dim: int, num_heads: int = 4, mlp_dim: int = 256) -> None:
         super().__init__()
@@ -50,8 +52,9 @@ class SlotPredictor(nn.Module):
         self.mlp = keras_init_(nn.Sequential(nn.Linear(slot_dim, mlp_dim), nn.ReLU(), nn.Linear(mlp_dim, slot_dim)))
         self.norm_mlp = nn.LayerNorm(slot_dim)
 
-    def forward(self, slots: Tensor) -> Tensor:
-        x = self.norm_attn(slots + self.attn(slots, slots, slots, need_weights=False)[0])  # (B, K, D)
+    def forward(self, slots: Tensor, active: Tensor | None = None) -> Tensor:
+        ignore = None if active is None else ~active
+        x = self.norm_attn(slots + self.attn(slots, slots, slots, key_padding_mask=ignore, need_weights=False)[0])
         return self.norm_mlp(x + self.mlp(x))
 
 
@@ -116,6 +119,21 @@ class SAVi(nn.Module):
         centre = signal if self.cfg.conditioning == "centers" else (signal[..., :2] + signal[..., 2:]) / 2
         return torch.where(present, centre * 2 - 1, torch.zeros_like(centre))  # (B, K, 2)
 
+    def slot_roles(self, batch_size: int, conditioning: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """Which slots take part and which attend under the locality prior, (B, K) bool each, or None for all.
+
+        ``model.absent_slots="drop"``: only the background slot (row 0) and the slots of present objects take part;
+        the others get no attention and no mask. ``model.background_locality=False``: the background slot attends
+        without the prior (it covers the whole frame, not a neighbourhood of the image centre)."""
+        if self.cfg.conditioning == "learned":
+            return None, None
+        rows = self.slot_conditioning(batch_size, conditioning)  # (B, K, width)
+        background = torch.zeros_like(rows[..., -1], dtype=torch.bool)
+        background[:, 0] = True
+        active = (rows[..., -1] > 0) | background if self.cfg.absent_slots == "drop" else None
+        local = ~background if not self.cfg.background_locality else None
+        return active, local
+
     def next_positions(self, places: list[Tensor]) -> Tensor:
         """Where the slots start on the next frame, (B, K, 2): their last centres, or (``model.slot_motion=
         "velocity"``) those moved on by their last displacement, inside the image."""
@@ -152,15 +170,17 @@ class SAVi(nn.Module):
         features = features.unflatten(0, (B, F))  # (B, F, N, C)
         predicted = self.initial_slots(B, conditioning).to(features.dtype)
         positions = self.initial_positions(B, conditioning)  # (B, K, 2) or None
+        active, local = self.slot_roles(B, conditioning)  # (B, K) bool or None
         slots, preds, attns, places = [], [], [], []
         for t in range(F):
             if self.invariant:  # correct the prediction on frame t, from where the slots are expected
-                sa = self.corrector(features[:, t], slots=predicted, positions=positions)
+                sa = self.corrector(features[:, t], slots=predicted, positions=positions, active=active,
+                                    local=local)
                 places.append(sa["positions"])  # (B, K, 2): centre of mass of each slot's attention on frame t
                 positions = self.next_positions(places)
             else:
                 sa = self.corrector(features[:, t], slots=predicted)  # correct the prediction on frame t
-            predicted = self.predictor(sa["slots"])  # (B, K, D): the slots expected at frame t + 1
+            predicted = self.predictor(sa["slots"], active)  # (B, K, D): the slots expected at frame t + 1
             slots.append(sa["slots"])
             preds.append(predicted)
             attns.append(sa["attn"])
@@ -174,6 +194,9 @@ class SAVi(nn.Module):
             size = (self.cfg.resolution, self.cfg.resolution)
             out = F_nn.interpolate(out.flatten(0, 1), size, mode="bilinear")  # (B*F*K, 4, H, W)
             out = out.unflatten(0, (B * F, -1))  # (B*F, K, 4, H, W)
+        if active is not None:  # dropped slots draw no mask: their logits sink far below any other
+            sink = (~active).to(out.dtype).repeat_interleave(F, dim=0)[:, :, None, None, None] * DROPPED_LOGIT
+            out = torch.cat([out[:, :, :3], out[:, :, 3:] + sink], dim=2)  # (B*F, K, 4, H, W)
         recon, masks = recompose(out)  # (B*F, 3, H, W), (B*F, K, 1, H, W)
         result = {"recon": recon.unflatten(0, (B, F)), "recons": out[:, :, :3].unflatten(0, (B, F)),
                   "masks": masks.unflatten(0, (B, F)), "slots": slots_t, "predicted": torch.stack(preds, dim=1),
@@ -197,6 +220,14 @@ def validate_savi_config(cfg: ModelConfig) -> None:
     if cfg.slot_dim % cfg.predictor_heads:
         raise ValueError(f"model.slot_dim={cfg.slot_dim} must divide by model.predictor_heads={cfg.predictor_heads}")
     validate_locality(cfg)
+    if cfg.absent_slots not in ("keep", "drop"):
+        raise ValueError(f"model.absent_slots must be 'keep' or 'drop', got {cfg.absent_slots!r}")
+    if cfg.absent_slots == "drop" and (cfg.conditioning == "learned" or cfg.attention != "invariant"):
+        raise ValueError("model.absent_slots='drop' needs a conditional model (model.conditioning 'centers' or "
+                         "'boxes', which say which objects are present) with model.attention='invariant'")
+    if not cfg.background_locality and (cfg.conditioning == "learned" or not cfg.attn_locality):
+        raise ValueError("model.background_locality=False needs a conditional model (row 0 conditions the "
+                         "background slot) with model.attn_locality > 0")
     if cfg.slot_motion not in ("none", "velocity"):
         raise ValueError(f"model.slot_motion must be 'none' or 'velocity', got {cfg.slot_motion!r}")
     if cfg.slot_motion != "none" and cfg.attention != "invariant":
