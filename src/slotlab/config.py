@@ -64,10 +64,10 @@ class ModelConfig:
     flow_max_magnitude: float = 5.0  # video, target="flow": flow (pixels) at full colour saturation
     slot_motion: str = "none"  # video, invariant attention: "velocity" starts each slot on the next frame where its
     #                            last two centres extrapolate to (constant velocity); "none": where it was (slotlab)
-    absent_slots: str = "keep"  # video, conditional: "keep" (SAVi: the slots of absent conditioning rows compete too)
-    #                             or "drop" (they take no attention and no mask; slotlab)
-    background_locality: bool = True  # video, conditional, attn_locality: False = the background slot (row 0)
-    #                                   attends without the prior (slotlab)
+    absent_slots: str = "keep"  # video, conditional, invariant: "keep" (SAVi: the slots of absent conditioning rows
+    #                             compete too) or "drop" (no attention, no mask; slotlab); learned init: no effect
+    background_locality: bool = True  # video, conditional, attn_locality: False = the background slot (conditioning
+    #                                   row 0) attends without the prior (slotlab); learned init: no effect
     predictor_heads: int = 4  # video: attention heads of the predictor's transformer block
     predictor_mlp_dim: int = 256  # video: MLP size of the predictor and of the conditioning encoder
     decoder_resolution: int = 0  # video: the decoder draws at this size, upsampled (bilinear) to resolution (0 = same)

@@ -162,8 +162,11 @@ def test_background_slot_without_locality_prior(clips):
     # ... and the background's logit is the prior-free one: its odds against any slot k > 0 gain k's penalty
     logit_gap = (some[:, 0] / some[:, 1]).log() - (none[:, 0] / none[:, 1]).log()
     assert (logit_gap > -1e-4).all() and logit_gap.max() > 1
-    with pytest.raises(ValueError, match="background_locality=False needs a conditional model"):
-        _model(conditioning="learned", attention="invariant", attn_locality=0.25, background_locality=False)
+    with pytest.raises(ValueError, match="background_locality=False needs the locality prior"):
+        _model(conditioning="centers", attention="invariant", attn_locality=0.0, background_locality=False)
+    learned = _model(conditioning="learned", attention="invariant", attn_locality=0.25, background_locality=False,
+                     absent_slots="drop")  # no conditioning rows: both change nothing
+    assert learned.slot_roles(2, None) == (None, None)
 
 
 def test_bad_inputs_get_clear_errors(clips):
@@ -189,13 +192,13 @@ def test_bad_inputs_get_clear_errors(clips):
     with pytest.raises(ValueError, match="attention='invariant' needs model.decoder='broadcast'"):
         _model(attention="invariant", decoder="upsample", decoder_resolution=0)
     with pytest.raises(ValueError, match="slot_motion='velocity' needs model.attention='invariant'"):
-        _model(attention="slot", attn_locality=0.0, slot_motion="velocity")
+        _model(attention="slot", attn_locality=0.0, slot_motion="velocity", absent_slots="keep")
     with pytest.raises(ValueError, match="attn_locality=0.2 needs model.attention='invariant'"):
-        _model(attention="slot", slot_motion="none", attn_locality=0.2)
+        _model(attention="slot", slot_motion="none", attn_locality=0.2, absent_slots="keep")
     with pytest.raises(ValueError, match="absent_slots must be 'keep' or 'drop'"):
         _model(absent_slots="hide")
-    with pytest.raises(ValueError, match="absent_slots='drop' needs a conditional model"):
-        _model(conditioning="learned", attention="invariant", attn_locality=0.25, absent_slots="drop")
+    with pytest.raises(ValueError, match="absent_slots='drop' needs model.attention='invariant'"):
+        _model(conditioning="centers", attention="slot", attn_locality=0.0, absent_slots="drop")
 
 
 @pytest.mark.parametrize("name", ["savi_movi_a", "savi_sprites_cpu"])  # savi_movi_c: the same model (checked)

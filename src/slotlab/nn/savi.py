@@ -222,12 +222,12 @@ def validate_savi_config(cfg: ModelConfig) -> None:
     validate_locality(cfg)
     if cfg.absent_slots not in ("keep", "drop"):
         raise ValueError(f"model.absent_slots must be 'keep' or 'drop', got {cfg.absent_slots!r}")
-    if cfg.absent_slots == "drop" and (cfg.conditioning == "learned" or cfg.attention != "invariant"):
-        raise ValueError("model.absent_slots='drop' needs a conditional model (model.conditioning 'centers' or "
-                         "'boxes', which say which objects are present) with model.attention='invariant'")
-    if not cfg.background_locality and (cfg.conditioning == "learned" or not cfg.attn_locality):
-        raise ValueError("model.background_locality=False needs a conditional model (row 0 conditions the "
-                         "background slot) with model.attn_locality > 0")
+    # both act on conditioning rows (which objects are present; row 0 = the background): a learned
+    # initialisation has none, so there they change nothing
+    if cfg.absent_slots == "drop" and cfg.attention != "invariant":
+        raise ValueError("model.absent_slots='drop' needs model.attention='invariant'")
+    if not cfg.background_locality and not cfg.attn_locality:
+        raise ValueError("model.background_locality=False needs the locality prior (model.attn_locality > 0)")
     if cfg.slot_motion not in ("none", "velocity"):
         raise ValueError(f"model.slot_motion must be 'none' or 'velocity', got {cfg.slot_motion!r}")
     if cfg.slot_motion != "none" and cfg.attention != "invariant":
