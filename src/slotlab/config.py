@@ -71,6 +71,8 @@ class ModelConfig:
     predictor_heads: int = 4  # video: attention heads of the predictor's transformer block
     predictor_mlp_dim: int = 256  # video: MLP size of the predictor and of the conditioning encoder
     decoder_resolution: int = 0  # video: the decoder draws at this size, upsampled (bilinear) to resolution (0 = same)
+    decoder_window: int = 0  # video, invariant: each slot drawn at full resolution in a window of this many pixels
+    #                          around its position, its edge values extended beyond (0 = the whole frame; slotlab)
     backbone: str = "vit_base_patch16_dino"  # features task: the frozen ViT (slotlab.nn.vit.ARCHS)
     backbone_weights: str = ""  # features task: a local .safetensors / .pth file, or "random" (tests); never fetched
     backbone_block: int = 0  # features task: read the output of this block (1-based; 0 = the last, DINOSAUR)

@@ -169,6 +169,49 @@ def test_background_slot_without_locality_prior(clips):
     assert learned.slot_roles(2, None) == (None, None)
 
 
+def test_window_drawing_places_each_slot_and_extends_its_edges():
+    """decoder_window=w: slot k's w x w drawing lands centred on its nearest pixel, the edge values extend beyond it,
+    and moving a slot by whole pixels moves its drawing by as many (away from the frame's border)."""
+    model = _model(conditioning="centers", attention="invariant", attn_locality=0.25, decoder_window=12,
+                   decoder_resolution=0).eval()
+    torch.manual_seed(0)
+    slots = torch.randn(2, 3, 16)
+    pixels = torch.tensor([[[10.0, 20.0], [3.0, 30.0], [16.4, 15.6]], [[25.0, 5.0], [0.0, 0.0], [31.0, 31.0]]])
+    positions = pixels / 31 * 2 - 1  # (y, x) in [-1, 1] for the 32x32 frame
+    with torch.no_grad():
+        frame = model.draw_in_windows(slots, positions)  # (2, 3, 4, 32, 32)
+        corner = pixels.round().long() - 6
+        inside = (pixels - corner) / 11
+        window = model.decoder(slots - model.decoder.stem.pos.offset(inside))  # (2, 3, 4, 12, 12)
+    assert frame.shape == (2, 3, 4, 32, 32)
+    for b in range(2):
+        for k in range(3):
+            y0, x0 = corner[b, k].tolist()
+            # the literal placement: pad the window with its edge values far enough, then crop the frame out
+            big = torch.nn.functional.pad(window[b, k][None], (40, 40, 40, 40), mode="replicate")[0]
+            expected = big[:, 40 - y0:40 - y0 + 32, 40 - x0:40 - x0 + 32]
+            assert torch.allclose(frame[b, k], expected, atol=1e-6), (b, k)
+    with torch.no_grad():  # two pixels down and three right: the same drawing, moved
+        moved = model.draw_in_windows(slots[:1, :1], positions[:1, :1] + torch.tensor([2.0, 3.0]) / 31 * 2)
+    assert torch.allclose(moved[0, 0, :, 2:, 3:], frame[0, 0, :, :-2, :-3], atol=1e-5)
+    with pytest.raises(ValueError, match="decoder_window=12 needs model.attention='invariant'"):
+        _model(attention="slot", attn_locality=0.0, slot_motion="none", absent_slots="keep", decoder_window=12,
+               decoder_resolution=0)
+    with pytest.raises(ValueError, match="decoder_resolution=0"):
+        _model(conditioning="centers", attention="invariant", decoder_window=12)
+
+
+def test_window_model_trains(clips):
+    model = _model(conditioning="centers", decoder_window=12, decoder_resolution=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    loss = train_step(model, optimizer, TASKS["video"], clips.batch(torch.tensor([0, 1])), "fp32")
+    assert torch.isfinite(loss)
+    assert all(not torch.equal(v, before[k]) for k, v in model.decoder.state_dict().items())
+    out = model.eval()(clips.batch(torch.tensor([0]))["video"], clips.batch(torch.tensor([0]))["centers"])
+    assert out["masks"].shape == (1, 3, 6, 1, 32, 32) and torch.allclose(out["masks"].sum(2), torch.ones(()))
+
+
 def test_bad_inputs_get_clear_errors(clips):
     model = _model(conditioning="centers")
     batch = clips.batch(torch.tensor([0]))

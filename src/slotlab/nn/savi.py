@@ -97,9 +97,10 @@ class SAVi(nn.Module):
             width = CONDITIONING_WIDTH[cfg.conditioning] + 1
             self.initializer = keras_init_(nn.Sequential(nn.Linear(width, cfg.predictor_mlp_dim), nn.ReLU(),
                                                          nn.Linear(cfg.predictor_mlp_dim, cfg.slot_dim)))
-        # the decoder may draw at a lower resolution (cheaper); its RGB and mask logits are upsampled before the
-        # softmax over slots, so the masks keep sub-pixel boundaries
-        self.decoder = build_decoder(dataclasses.replace(cfg, resolution=cfg.decoder_resolution or cfg.resolution))
+        # the decoder may draw at a lower resolution (cheaper; its RGB and mask logits are upsampled before the
+        # softmax over slots, so the masks keep sub-pixel boundaries), or each slot in a window around it
+        drawn = cfg.decoder_window or cfg.decoder_resolution or cfg.resolution
+        self.decoder = build_decoder(dataclasses.replace(cfg, resolution=drawn))
         self.check_finite = True  # reject NaN/Inf videos (a device sync on a GPU; training turns it off there)
 
     def initial_slots(self, batch_size: int, conditioning: Tensor | None) -> Tensor:
@@ -186,10 +187,14 @@ class SAVi(nn.Module):
             attns.append(sa["attn"])
         slots_t = torch.stack(slots, dim=1)  # (B, F, K, D)
         to_decode = slots_t.flatten(0, 1)  # (B*F, K, D)
-        if self.invariant:  # the decoder's linear position embedding, re-centred on each slot's position
+        if self.invariant:
             positions_t = torch.stack(places, dim=1)  # (B, F, K, 2)
-            to_decode = to_decode - self.decoder.stem.pos.offset((positions_t.flatten(0, 1) + 1) / 2)
-        out = fp32(self.decoder(to_decode))  # (B*F, K, 4, h, w)
+        if self.cfg.decoder_window:
+            out = self.draw_in_windows(to_decode, positions_t.flatten(0, 1))  # (B*F, K, 4, H, W)
+        elif self.invariant:  # the decoder's linear position embedding, re-centred on each slot's position
+            out = fp32(self.decoder(to_decode - self.decoder.stem.pos.offset((positions_t.flatten(0, 1) + 1) / 2)))
+        else:
+            out = fp32(self.decoder(to_decode))  # (B*F, K, 4, h, w)
         if out.shape[-1] != self.cfg.resolution:
             size = (self.cfg.resolution, self.cfg.resolution)
             out = F_nn.interpolate(out.flatten(0, 1), size, mode="bilinear")  # (B*F*K, 4, H, W)
@@ -204,6 +209,26 @@ class SAVi(nn.Module):
         if self.invariant:
             result["positions"] = positions_t
         return result
+
+
+    def draw_in_windows(self, slots: Tensor, positions: Tensor) -> Tensor:
+        """Each slot drawn at full resolution in a w x w window centred (to the nearest pixel) on its position,
+        w = ``model.decoder_window``; beyond the window every pixel takes the value of the window's nearest edge
+        pixel, so a slot that covers its window's border (the background) covers the frame, and one whose mask
+        logits are low there (an object) stays inside. slots (M, K, D), positions (M, K, 2) (y, x) in [-1, 1]
+        -> (M, K, 4, H, W). The cost is that of drawing w x w per slot, whatever the frame size."""
+        H = W = self.cfg.resolution
+        w = self.cfg.decoder_window
+        centre = (positions + 1) / 2 * torch.tensor([H - 1, W - 1], dtype=positions.dtype,
+                                                    device=positions.device)  # (M, K, 2) in pixels
+        corner = centre.detach().round().long() - w // 2  # (M, K, 2): the window's top-left pixel
+        inside = (centre - corner) / (w - 1)  # (M, K, 2): the slot's position in the window's [0, 1] grid
+        out = fp32(self.decoder(slots - self.decoder.stem.pos.offset(inside)))  # (M, K, 4, w, w)
+        rows = (torch.arange(H, device=slots.device) - corner[..., :1]).clamp(0, w - 1)  # (M, K, H)
+        cols = (torch.arange(W, device=slots.device) - corner[..., 1:]).clamp(0, w - 1)  # (M, K, W)
+        index = (rows[..., :, None] * w + cols[..., None, :]).flatten(-2)  # (M, K, H*W) into the window
+        frame = out.flatten(-2).gather(-1, index[:, :, None].expand(-1, -1, 4, -1))  # (M, K, 4, H*W)
+        return frame.unflatten(-1, (H, W))
 
 
 def validate_savi_config(cfg: ModelConfig) -> None:
@@ -228,6 +253,11 @@ def validate_savi_config(cfg: ModelConfig) -> None:
         raise ValueError("model.absent_slots='drop' needs model.attention='invariant'")
     if not cfg.background_locality and not cfg.attn_locality:
         raise ValueError("model.background_locality=False needs the locality prior (model.attn_locality > 0)")
+    if cfg.decoder_window and (cfg.attention != "invariant" or cfg.decoder_resolution
+                               or not 2 <= cfg.decoder_window <= cfg.resolution):
+        raise ValueError(f"model.decoder_window={cfg.decoder_window} needs model.attention='invariant' (slots with "
+                         f"positions), model.decoder_resolution=0 and 2 <= window <= model.resolution="
+                         f"{cfg.resolution}")
     if cfg.slot_motion not in ("none", "velocity"):
         raise ValueError(f"model.slot_motion must be 'none' or 'velocity', got {cfg.slot_motion!r}")
     if cfg.slot_motion != "none" and cfg.attention != "invariant":
