@@ -64,7 +64,7 @@ class SAVi(nn.Module):
     ``model.conditioning``: "learned" (one learned initial vector per slot; unconditional), "centers" or "boxes"
     (conditioning (B, G, 3) or (B, G, 5): the first frame's signal of each object plus a presence flag, the
     ``centers`` / ``boxes`` of ``VideoSet.batch``; row k initialises slot k, absent rows and rows beyond G give the
-    embedding of an all-zero signal).
+    embedding of an all-zero signal, and with ``model.absent_slots="drop"`` their slots take no part).
 
     forward returns ``recon`` (B, F, 3, H, W) the recomposed frames (RGB, or the flow picture for
     ``model.target="flow"``); ``recons`` (B, F, K, 3, H, W); ``masks`` (B, F, K, 1, H, W) alpha masks (softmax over
@@ -142,6 +142,25 @@ class SAVi(nn.Module):
             return (2 * places[-1] - places[-2]).clamp(-1, 1)
         return places[-1]
 
+    def draw_in_windows(self, slots: Tensor, positions: Tensor) -> Tensor:
+        """Each slot drawn at full resolution in a w x w window centred (to the nearest pixel) on its position,
+        w = ``model.decoder_window``; beyond the window every pixel takes the value of the window's nearest edge
+        pixel, so a slot that covers its window's border (the background) covers the frame, and one whose mask
+        logits are low there (an object) stays inside. slots (M, K, D), positions (M, K, 2) (y, x) in [-1, 1]
+        -> (M, K, 4, H, W). The cost is that of drawing w x w per slot, whatever the frame size."""
+        H = W = self.cfg.resolution
+        w = self.cfg.decoder_window
+        centre = (positions + 1) / 2 * torch.tensor([H - 1, W - 1], dtype=positions.dtype,
+                                                    device=positions.device)  # (M, K, 2) in pixels
+        corner = centre.detach().round().long() - w // 2  # (M, K, 2): the window's top-left pixel
+        inside = (centre - corner) / (w - 1)  # (M, K, 2): the slot's position in the window's [0, 1] grid
+        out = fp32(self.decoder(slots - self.decoder.stem.pos.offset(inside)))  # (M, K, 4, w, w)
+        rows = (torch.arange(H, device=slots.device) - corner[..., :1]).clamp(0, w - 1)  # (M, K, H)
+        cols = (torch.arange(W, device=slots.device) - corner[..., 1:]).clamp(0, w - 1)  # (M, K, W)
+        index = (rows[..., :, None] * w + cols[..., None, :]).flatten(-2)  # (M, K, H*W) into the window
+        frame = out.flatten(-2).gather(-1, index[:, :, None].expand(-1, -1, 4, -1))  # (M, K, 4, H*W)
+        return frame.unflatten(-1, (H, W))
+
     def slot_conditioning(self, batch_size: int, conditioning: Tensor | None) -> Tensor:
         """The conditioning checked and fitted to K rows (B, K, width): row k conditions slot k."""
         K = self.cfg.num_slots
@@ -209,26 +228,6 @@ class SAVi(nn.Module):
         if self.invariant:
             result["positions"] = positions_t
         return result
-
-
-    def draw_in_windows(self, slots: Tensor, positions: Tensor) -> Tensor:
-        """Each slot drawn at full resolution in a w x w window centred (to the nearest pixel) on its position,
-        w = ``model.decoder_window``; beyond the window every pixel takes the value of the window's nearest edge
-        pixel, so a slot that covers its window's border (the background) covers the frame, and one whose mask
-        logits are low there (an object) stays inside. slots (M, K, D), positions (M, K, 2) (y, x) in [-1, 1]
-        -> (M, K, 4, H, W). The cost is that of drawing w x w per slot, whatever the frame size."""
-        H = W = self.cfg.resolution
-        w = self.cfg.decoder_window
-        centre = (positions + 1) / 2 * torch.tensor([H - 1, W - 1], dtype=positions.dtype,
-                                                    device=positions.device)  # (M, K, 2) in pixels
-        corner = centre.detach().round().long() - w // 2  # (M, K, 2): the window's top-left pixel
-        inside = (centre - corner) / (w - 1)  # (M, K, 2): the slot's position in the window's [0, 1] grid
-        out = fp32(self.decoder(slots - self.decoder.stem.pos.offset(inside)))  # (M, K, 4, w, w)
-        rows = (torch.arange(H, device=slots.device) - corner[..., :1]).clamp(0, w - 1)  # (M, K, H)
-        cols = (torch.arange(W, device=slots.device) - corner[..., 1:]).clamp(0, w - 1)  # (M, K, W)
-        index = (rows[..., :, None] * w + cols[..., None, :]).flatten(-2)  # (M, K, H*W) into the window
-        frame = out.flatten(-2).gather(-1, index[:, :, None].expand(-1, -1, 4, -1))  # (M, K, 4, H*W)
-        return frame.unflatten(-1, (H, W))
 
 
 def validate_savi_config(cfg: ModelConfig) -> None:
