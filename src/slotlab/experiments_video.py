@@ -47,8 +47,7 @@ def savi_sprites_cpu() -> ExperimentConfig:
     budget with the learning rate halving every 1,500 steps. The corrector is slotlab's invariant Slot Attention:
     each slot starts at its object's first-frame centre, attends under a Gaussian prior around its position (width
     >= 0.25 of the half-image), moves to its attention's centre of mass and on by its last displacement
-    (constant velocity), and is drawn in its own frame; the slots of objects absent from the conditioning take no
-    part. Evaluated on whole 24-frame videos at 64x64."""
+    (constant velocity), and is drawn in its own frame. Evaluated on whole 24-frame videos at 64x64."""
     return ExperimentConfig(
         name="savi_sprites_cpu",
         description="SAVi on moving_sprites, 2 CPU cores: 64x64, K=6, centres, 6-frame clips, 30-min budget.",
@@ -57,8 +56,7 @@ def savi_sprites_cpu() -> ExperimentConfig:
                           decoder="broadcast", decoder_channels=32, decoder_layers=3, decoder_kernel=3,
                           decoder_resolution=32,
                           conditioning="centers", target="rgb", flow_max_magnitude=5.0, predictor_heads=4,
-                          predictor_mlp_dim=128, attention="invariant", attn_locality=0.25, slot_motion="velocity",
-                          absent_slots="drop"),
+                          predictor_mlp_dim=128, attention="invariant", attn_locality=0.25, slot_motion="velocity"),
         data=DataConfig(name="moving_sprites", train_size=1_000, val_size=320, test_size=320, num_frames=24,
                         clip_length=6),
         train=TrainConfig(batch_size=8, steps=1_000_000, max_minutes=30.0, lr=5e-4, warmup_steps=200,
