@@ -33,6 +33,7 @@ class ModelConfig:
     decoder_channels: int = 64
     decoder_layers: int = 3  # broadcast: convs before the output conv; mlp: hidden layers
     decoder_kernel: int = 5  # broadcast decoder: kernel of its convs before the 3x3 output conv
+    decoder_pos_scale: float = 1.0  # broadcast decoder: its position grid's coordinates multiplied by this (slotlab)
     decoder_freqs: int = 0  # mlp decoder: Fourier frequencies of the pixel coordinates
     decoder_table: bool = False  # mlp decoder in slot frames: a learned feature per relative pixel offset
     decoder_freq_steps: int = 0  # mlp decoder: open the frequency bands coarse-to-fine over these steps (0 = all)

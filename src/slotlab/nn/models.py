@@ -24,9 +24,12 @@ from slotlab.set_layout import get_layout
 
 def build_decoder(cfg: ModelConfig) -> nn.Module:
     res = (cfg.resolution, cfg.resolution)
+    if not cfg.decoder_pos_scale > 0 or (cfg.decoder_pos_scale != 1 and cfg.decoder != "broadcast"):
+        raise ValueError(f"model.decoder_pos_scale={cfg.decoder_pos_scale!r} must be > 0, and differ from 1 only "
+                         f"with decoder='broadcast' (got decoder={cfg.decoder!r})")
     if cfg.decoder == "broadcast":
         return BroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, cfg.decoder_layers, cfg.decoder_kernel,
-                                fast_stem=cfg.fast_stem)
+                                fast_stem=cfg.fast_stem, pos_scale=cfg.decoder_pos_scale)
     if cfg.decoder == "upsample":
         return UpsampleBroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, (cfg.broadcast_size,) * 2)
     if cfg.decoder == "mlp":

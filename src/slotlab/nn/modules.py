@@ -34,12 +34,17 @@ def build_grid(height: int, width: int, device=None) -> Tensor:
 
 
 class SoftPositionEmbed(nn.Module):
-    """Adds a learned linear map of the fixed coordinate grid to a feature map (official ``SoftPositionEmbed``)."""
+    """Adds a learned linear map of the fixed coordinate grid to a feature map (official ``SoftPositionEmbed``).
 
-    def __init__(self, channels: int, resolution: tuple[int, int]) -> None:
+    ``scale`` multiplies the grid (1: the official [0, 1] per axis). A larger one gives the embedding a steeper
+    slope per pixel for the same weights: with Adam, whose steps have the size of the learning rate whatever the
+    gradient's, the map reaches a slope that separates neighbouring pixels ``scale`` times sooner."""
+
+    def __init__(self, channels: int, resolution: tuple[int, int], scale: float = 1.0) -> None:
         super().__init__()
         self.proj = keras_init_(nn.Linear(4, channels))
-        self.register_buffer("grid", build_grid(*resolution), persistent=False)
+        self.scale = scale
+        self.register_buffer("grid", build_grid(*resolution) * scale, persistent=False)
 
     def embedding(self) -> Tensor:
         """The additive embedding alone, (1, C, H, W)."""
@@ -51,7 +56,7 @@ class SoftPositionEmbed(nn.Module):
     def offset(self, centers: Tensor) -> Tensor:
         """The embedding is linear in (y, x): emb(p - c) = emb(p) - offset(c). centers (..., 2) in [0, 1] grid
         units (y, x) -> (..., C). Subtracting it from a broadcast vector re-centres the embedding on ``c``."""
-        w = self.proj.weight  # (C, 4) over [y, x, 1 - y, 1 - x]
+        w = self.proj.weight * self.scale  # (C, 4) over [y, x, 1 - y, 1 - x], on the scaled grid
         return centers @ torch.stack([w[:, 0] - w[:, 2], w[:, 1] - w[:, 3]])  # (..., C)
 
 
@@ -123,9 +128,10 @@ class BroadcastStem(nn.Module):
     O(K * H * W * 25 * C * D).
     """
 
-    def __init__(self, slot_dim: int, channels: int, resolution: tuple[int, int], kernel_size: int = 5) -> None:
+    def __init__(self, slot_dim: int, channels: int, resolution: tuple[int, int], kernel_size: int = 5,
+                 pos_scale: float = 1.0) -> None:
         super().__init__()
-        self.pos = SoftPositionEmbed(slot_dim, resolution)
+        self.pos = SoftPositionEmbed(slot_dim, resolution, pos_scale)
         self.conv = nn.Conv2d(slot_dim, channels, kernel_size, padding=kernel_size // 2)
         keras_init_(self.conv)
         self.resolution = resolution
@@ -189,12 +195,13 @@ class BroadcastDecoder(nn.Module):
     """
 
     def __init__(self, slot_dim: int, resolution: tuple[int, int], channels: int = 32, num_layers: int = 3,
-                 kernel_size: int = 5, fast_stem: bool = True, channels_last: bool = True) -> None:
+                 kernel_size: int = 5, fast_stem: bool = True, channels_last: bool = True,
+                 pos_scale: float = 1.0) -> None:
         super().__init__()
         self.resolution = resolution
         self.fast_stem = fast_stem
         self.channels_last = channels_last
-        self.stem = BroadcastStem(slot_dim, channels, resolution, kernel_size)
+        self.stem = BroadcastStem(slot_dim, channels, resolution, kernel_size, pos_scale)
         layers: list[nn.Module] = [nn.ReLU()]
         for _ in range(num_layers - 1):
             layers += [nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2), nn.ReLU()]
