@@ -80,14 +80,31 @@ def test_broadcast_stem_is_exact(res, kernel):
     assert (stem(slots) - stem.plain(slots)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("kernel", [5, 3])
-def test_broadcast_decoder_fast_equals_plain(kernel):
+@pytest.mark.parametrize("kernel,pos_scale", [(5, 1.0), (3, 1.0), (3, 16.0)])
+def test_broadcast_decoder_fast_equals_plain(kernel, pos_scale):
     torch.manual_seed(0)
-    dec = BroadcastDecoder(8, (12, 12), channels=6, num_layers=2, kernel_size=kernel)
+    dec = BroadcastDecoder(8, (12, 12), channels=6, num_layers=2, kernel_size=kernel, pos_scale=pos_scale)
     slots = torch.randn(2, 3, 8)
     fast = dec(slots)
     dec.fast_stem = False
-    assert (fast - dec(slots)).abs().max() < 1e-5
+    assert (fast - dec(slots)).abs().max() < 1e-4 * pos_scale
+
+
+def test_decoder_pos_scale_scales_the_grid_and_is_refused_elsewhere():
+    from slotlab.config import ModelConfig
+    from slotlab.nn.models import build_decoder
+
+    torch.manual_seed(0)
+    plain = BroadcastDecoder(8, (12, 12), channels=6, num_layers=2, kernel_size=3)
+    steep = BroadcastDecoder(8, (12, 12), channels=6, num_layers=2, kernel_size=3, pos_scale=4.0)
+    steep.load_state_dict(plain.state_dict())
+    with torch.no_grad():  # the same map on a 4x grid: 4x the slope
+        plain.stem.pos.proj.weight.mul_(4.0)
+    slots = torch.randn(2, 3, 8)
+    assert torch.allclose(steep(slots), plain(slots), atol=1e-5)
+    for bad in (dict(decoder="broadcast", decoder_pos_scale=0.0), dict(decoder="mlp", decoder_pos_scale=2.0)):
+        with pytest.raises(ValueError, match="decoder_pos_scale"):
+            build_decoder(ModelConfig(resolution=16, **bad))
 
 
 def test_same_padding_matches_tf_rule():
@@ -200,15 +217,16 @@ def test_frequency_bands_open_coarse_to_fine():
     assert model.decoder.band_weights.tolist() == [1.0, 1.0, 1.0, 1.0]
 
 
-def test_relative_position_embedding_is_a_slot_offset():
+@pytest.mark.parametrize("scale", [1.0, 8.0])
+def test_relative_position_embedding_is_a_slot_offset(scale):
     from slotlab.nn.modules import SoftPositionEmbed, build_grid
 
     torch.manual_seed(0)
-    pos = SoftPositionEmbed(6, (7, 9))
+    pos = SoftPositionEmbed(6, (7, 9), scale=scale)
     c = torch.tensor([0.3, 0.8])  # (y, x) in grid units
     grid = build_grid(7, 9)[0, :2]  # (2, H, W)
     rel = grid - c[:, None, None]
-    rel4 = torch.cat([rel, 1 - rel])  # the embedding of the relative coordinates
+    rel4 = torch.cat([rel, 1 - rel]) * scale  # the embedding of the relative coordinates, on the scaled grid
     expected = torch.einsum("ihw,ci->chw", rel4, pos.proj.weight) + pos.proj.bias[:, None, None]
     got = pos.embedding()[0] - pos.offset(c)[:, None, None]
     assert torch.allclose(got, expected, atol=1e-6)
