@@ -34,6 +34,8 @@ class ModelConfig:
     decoder_layers: int = 3  # broadcast: convs before the output conv; mlp: hidden layers
     decoder_kernel: int = 5  # broadcast decoder: kernel of its convs before the 3x3 output conv
     decoder_pos_scale: float = 1.0  # broadcast decoder: its position grid's coordinates multiplied by this (slotlab)
+    decoder_subpixels: int = 1  # broadcast decoder: its grid is 1/r of the drawing and its output conv gives each
+    #                             cell's r x r pixels (pixel shuffle; slotlab)
     decoder_freqs: int = 0  # mlp decoder: Fourier frequencies of the pixel coordinates
     decoder_table: bool = False  # mlp decoder in slot frames: a learned feature per relative pixel offset
     decoder_freq_steps: int = 0  # mlp decoder: open the frequency bands coarse-to-fine over these steps (0 = all)

@@ -90,6 +90,26 @@ def test_broadcast_decoder_fast_equals_plain(kernel, pos_scale):
     assert (fast - dec(slots)).abs().max() < 1e-4 * pos_scale
 
 
+def test_decoder_subpixels_shuffles_the_output_conv_into_pixels():
+    from slotlab.config import ModelConfig
+    from slotlab.nn.models import build_decoder
+
+    torch.manual_seed(0)
+    dec = BroadcastDecoder(8, (6, 5), channels=6, num_layers=2, kernel_size=3, subpixels=2)
+    slots = torch.randn(2, 3, 8)
+    out = dec(slots)
+    assert out.shape == (2, 3, 4, 12, 10)
+    cells = dec.body(dec.stem.plain(slots.flatten(0, 1)))  # (6, 16, 6, 5): 4 channels x 2 x 2 pixels per cell
+    assert torch.allclose(out[1, 2, :, 5, 3], cells[5, :, 2, 1].view(4, 2, 2)[:, 1, 1], atol=1e-5)
+    dec.channels_last, dec.fast_stem = False, False
+    assert torch.allclose(dec(slots), out, atol=1e-5)
+    assert build_decoder(ModelConfig(resolution=16, decoder="broadcast", decoder_subpixels=2)).resolution == (8, 8)
+    for bad in (dict(decoder="broadcast", decoder_subpixels=3), dict(decoder="mlp", decoder_subpixels=2),
+                dict(decoder="broadcast", decoder_subpixels=0)):
+        with pytest.raises(ValueError, match="decoder_subpixels"):
+            build_decoder(ModelConfig(resolution=16, **bad))
+
+
 def test_decoder_pos_scale_scales_the_grid_and_is_refused_elsewhere():
     from slotlab.config import ModelConfig
     from slotlab.nn.models import build_decoder

@@ -27,9 +27,15 @@ def build_decoder(cfg: ModelConfig) -> nn.Module:
     if not cfg.decoder_pos_scale > 0 or (cfg.decoder_pos_scale != 1 and cfg.decoder != "broadcast"):
         raise ValueError(f"model.decoder_pos_scale={cfg.decoder_pos_scale!r} must be > 0, and differ from 1 only "
                          f"with decoder='broadcast' (got decoder={cfg.decoder!r})")
+    r = cfg.decoder_subpixels
+    if not isinstance(r, int) or r < 1 or (r > 1 and (cfg.decoder != "broadcast" or cfg.resolution % r)):
+        raise ValueError(f"model.decoder_subpixels={r!r} must be an integer >= 1, and above 1 only with "
+                         f"decoder='broadcast' and a drawing size ({cfg.resolution}) that it divides (got "
+                         f"decoder={cfg.decoder!r})")
     if cfg.decoder == "broadcast":
-        return BroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, cfg.decoder_layers, cfg.decoder_kernel,
-                                fast_stem=cfg.fast_stem, pos_scale=cfg.decoder_pos_scale)
+        grid = (cfg.resolution // r, cfg.resolution // r)
+        return BroadcastDecoder(cfg.slot_dim, grid, cfg.decoder_channels, cfg.decoder_layers, cfg.decoder_kernel,
+                                fast_stem=cfg.fast_stem, pos_scale=cfg.decoder_pos_scale, subpixels=r)
     if cfg.decoder == "upsample":
         return UpsampleBroadcastDecoder(cfg.slot_dim, res, cfg.decoder_channels, (cfg.broadcast_size,) * 2)
     if cfg.decoder == "mlp":

@@ -192,20 +192,23 @@ class BroadcastDecoder(nn.Module):
     :class:`BroadcastStem` (exact, cheaper) unless ``fast_stem=False``. ``channels_last`` runs the convs on NHWC
     memory (which the fast stem writes directly) with the ReLUs in place: no oneDNN layout reorders and no extra
     (B*K, C, H, W) copies, identical mathematics. Both are attributes too (``fast_paths.set_fast_paths``).
+    ``subpixels`` r > 1: the output conv gives 4 r^2 channels per grid cell, rearranged into its r x r pixels
+    (pixel shuffle), so the drawing is r times the grid's resolution for the cost of a wider last conv.
     """
 
     def __init__(self, slot_dim: int, resolution: tuple[int, int], channels: int = 32, num_layers: int = 3,
                  kernel_size: int = 5, fast_stem: bool = True, channels_last: bool = True,
-                 pos_scale: float = 1.0) -> None:
+                 pos_scale: float = 1.0, subpixels: int = 1) -> None:
         super().__init__()
-        self.resolution = resolution
+        self.resolution = resolution  # the grid's; the drawing is subpixels times larger
+        self.subpixels = subpixels
         self.fast_stem = fast_stem
         self.channels_last = channels_last
         self.stem = BroadcastStem(slot_dim, channels, resolution, kernel_size, pos_scale)
         layers: list[nn.Module] = [nn.ReLU()]
         for _ in range(num_layers - 1):
             layers += [nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2), nn.ReLU()]
-        layers.append(nn.Conv2d(channels, 4, 3, padding=1))
+        layers.append(nn.Conv2d(channels, 4 * subpixels ** 2, 3, padding=1))
         self.body = keras_init_(nn.Sequential(*layers))
 
     def forward(self, slots: Tensor) -> Tensor:
@@ -213,13 +216,17 @@ class BroadcastDecoder(nn.Module):
         B, K, D = slots.shape
         flat = slots.reshape(B * K, D)
         x = self.stem(flat) if self.fast_stem else self.stem.plain(flat)  # (B*K, C, H, W)
+        r = self.subpixels
+        size = (self.resolution[0] * r, self.resolution[1] * r)
         if not self.channels_last:
-            x = self.body(x.contiguous())  # (B*K, 4, H, W)
-            return x.reshape(B, K, 4, *self.resolution)
+            x = self.body(x.contiguous())  # (B*K, 4 r^2, H, W)
+            return F.pixel_shuffle(x, r).reshape(B, K, 4, *size)
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op after the fast stem
         for layer in self.body:  # a conv's backward needs its input, not its output: ReLU may overwrite it
             x = F.relu_(x) if isinstance(layer, nn.ReLU) else layer(x)
-        return x.reshape(B, K, 4, *self.resolution)  # (B, K, 4, H, W), a view of the NHWC output
+        if r > 1:  # (B*K, 4 r^2, H, W) -> (B*K, 4, H r, W r): channel c * r^2 + i * r + j is pixel (i, j) of c
+            x = F.pixel_shuffle(x, r)
+        return x.reshape(B, K, 4, *size)  # (B, K, 4, H r, W r)
 
 
 class UpsampleBroadcastDecoder(nn.Module):
