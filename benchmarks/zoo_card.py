@@ -8,7 +8,8 @@
 The card holds the data, the steps, the batch, the training wall time, the machine and precision, the learning
 curve (validation FG-ARI / ARI / mBO against training time, from the run's metrics.jsonl), the test metrics of
 the checkpoint chosen on validation on each ``--data`` spec (default: the run's held-out ``test`` split), the
-test-time robustness table (T = 3, 5, 7 and K + 2 slots) and the command that reproduces the run.
+test-time robustness table (T = 3, 5, 7 and K + 2 slots; none for video, which runs with its trained K and T) and
+the command that reproduces the run.
 
 ``--test-iters 3 4 5 6 7`` also chooses the entry's test-time iterations (``model.test_iters``): the T with the
 best FG-ARI on the run's validation scenes (ties: the smaller T); the card lists every candidate's scores.
@@ -48,6 +49,12 @@ def choose_test_iters(run: Path, candidates: list[int]) -> tuple[int, list[dict]
 def describe(cfg: ExperimentConfig, test_t: int) -> str:
     """The card's first sentence: what the model is."""
     m = cfg.model
+    if m.task == "video":
+        return (f"Video object segmentation and tracking with SAVi (Kipf et al., ICLR 2022), preset `{cfg.name}`: "
+                f"{m.resolution}x{m.resolution} frames, K={m.num_slots} slots of size {m.slot_dim}, {m.num_iters} "
+                f"corrector iteration per frame ({m.attention} attention), initial slots from `{m.conditioning}`, "
+                f"{m.target} target; trained on {cfg.data.clip_length}-frame clips, evaluated on whole "
+                f"{cfg.data.num_frames}-frame videos.")
     common = (f"preset `{cfg.name}`: {m.resolution}x{m.resolution} input, K={m.num_slots} slots, T={m.num_iters} "
               f"iterations in training and {test_t} at test time, slot size {m.slot_dim}, slot init `{m.slot_init}`"
               + (", implicit gradient with the straight-through initial-slot gradient (BO-QSA)"
@@ -74,7 +81,7 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
     best = max(val_rows, key=lambda r: r[task.select_metric])
     save_curves(run, entry / "curves.png")
     tests = {spec: eval_run(entry, spec, "best") for spec in specs}
-    robust = robustness(entry, specs[0], "best", None)
+    robust = robustness(entry, specs[0], "best", None) if cfg.model.task != "video" else []  # SAVi: trained K, T
     training = {"steps": last["step"], "hours": round(last["train_seconds"] / 3600, 2), "machine": machine}
     (entry / "metrics.json").write_text(json.dumps({"training": training, "test": tests, "robustness": robust,
                                                     "best_val": best, "test_iters_val": test_iters or []},
@@ -85,6 +92,8 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
     def cells(r: dict) -> str:
         return " | ".join(pct(r[k]) for k in labels)
 
+    video = m.task == "video"
+    items, samples = ("videos", f"clips of {d.clip_length} frames") if video else ("scenes", "images")
     lines = [
         f"# `{name}`",
         "",
@@ -93,9 +102,9 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
         "",
         "## Training",
         "",
-        f"- data: built-in `{d.name}` generator, seed {d.seed}: scenes [0, {d.train_size}) train, the next "
+        f"- data: built-in `{d.name}` generator, seed {d.seed}: {items} [0, {d.train_size}) train, the next "
         f"{d.val_size} validate (they choose the checkpoint), the next {d.test_size} test",
-        f"- steps: {last['step']:,} of batch {t.batch_size} ({last['step'] * t.batch_size:,} images); "
+        f"- steps: {last['step']:,} of batch {t.batch_size} ({last['step'] * t.batch_size:,} {samples}); "
         f"Adam, lr {t.lr:g}, warmup {t.warmup_steps}, decay {t.decay_rate:g} per {t.decay_steps:,} steps",
         f"- training wall time: {last['train_seconds'] / 3600:.2f} h (evaluation excluded)",
         f"- machine: {machine}; precision `{t.precision}`",
@@ -120,14 +129,11 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
         "",
         f"| data | scenes | {header} |",
         "|---|---:|" + "---:|" * len(labels),
-        *[f"| `{spec}` | {int(r['num_scenes'])} | {cells(r)} |" for spec, r in tests.items()],
+        *[f"| `{spec}` | {int(r.get('num_scenes', r.get('num_videos', 0)))} | {cells(r)} |"
+          for spec, r in tests.items()],
         "",
-        f"## Test-time robustness (`{specs[0]}`)",
-        "",
-        f"| setting | {header} |",
-        "|---|" + "---:|" * len(labels),
-        *[f"| {r['setting']} | {cells(r)} |" for r in robust],
-        "",
+        *([f"## Test-time robustness (`{specs[0]}`)", "", f"| setting | {header} |", "|---|" + "---:|" * len(labels),
+           *[f"| {r['setting']} | {cells(r)} |" for r in robust], ""] if robust else []),
         f"Evaluated on {cpu_name()}.",
         "",
     ]

@@ -42,8 +42,8 @@ def savi_movi_c() -> ExperimentConfig:
 
 def savi_sprites_cpu() -> ExperimentConfig:
     """SAVi on built-in moving_sprites for 2 CPU cores: a strided encoder (64x64 -> 16x16 features), slot size 64,
-    a broadcast decoder with 32-channel 3x3 convs on a 32x32 grid whose output conv draws each cell's 2x2 pixels
-    (64x64 masks; its position grid spans [0, 8] per axis, so the masks can sharpen early), K=6,
+    a broadcast decoder with 32-channel 3x3 convs drawing at 32x32 (its RGB and mask logits upsampled to 64x64
+    before the softmax over slots; its position grid spans [0, 8] per axis, so the masks can sharpen early), K=6,
     batch 8 clips of 6 frames, conditional on first-frame centres; a 30-minute budget with the learning rate
     halving every 1,500 steps. The corrector is slotlab's invariant Slot Attention:
     each slot starts at its object's first-frame centre, attends under a Gaussian prior around its position (width
@@ -55,7 +55,7 @@ def savi_sprites_cpu() -> ExperimentConfig:
         model=ModelConfig(task="video", resolution=64, num_slots=6, num_iters=1, slot_dim=64, mlp_hidden_dim=128,
                           encoder_channels=32, encoder_strides=[2, 2], encoder_kernel=5, encoder_mlp_dim=64,
                           decoder="broadcast", decoder_channels=32, decoder_layers=3, decoder_kernel=3,
-                          decoder_resolution=0, decoder_subpixels=2, decoder_pos_scale=8.0,
+                          decoder_resolution=32, decoder_pos_scale=8.0,
                           conditioning="centers", target="rgb", flow_max_magnitude=5.0, predictor_heads=4,
                           predictor_mlp_dim=128, attention="invariant", attn_locality=0.25, slot_motion="velocity"),
         data=DataConfig(name="moving_sprites", train_size=1_000, val_size=320, test_size=320, num_frames=24,
