@@ -117,7 +117,7 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
         command,
         "```",
         "",
-        "## Learning curve (validation scenes)",
+        f"## Learning curve (validation {items})",
         "",
         "![curves](curves.png)",
         "",
@@ -127,7 +127,7 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
           if test_iters else []),
         f"## Test metrics (checkpoint chosen on validation, T={test_t})",
         "",
-        f"| data | scenes | {header} |",
+        f"| data | {items} | {header} |",
         "|---|---:|" + "---:|" * len(labels),
         *[f"| `{spec}` | {int(r.get('num_scenes', r.get('num_videos', 0)))} | {cells(r)} |"
           for spec, r in tests.items()],
