@@ -71,6 +71,8 @@ class ModelConfig:
     #                             compete too) or "drop" (no attention, no mask; slotlab); learned init: no effect
     background_locality: bool = True  # video, conditional, attn_locality: False = the background slot (conditioning
     #                                   row 0) attends without the prior (slotlab); learned init: no effect
+    align_frames: bool = False  # video, invariant: a slot's position names the same image point in the attention's
+    #                             grid, the decoder's and the conditioning (cells at their pixels' centres; slotlab)
     predictor_heads: int = 4  # video: attention heads of the predictor's transformer block
     predictor_mlp_dim: int = 256  # video: MLP size of the predictor and of the conditioning encoder
     decoder_resolution: int = 0  # video: the decoder draws at this size, upsampled (bilinear) to resolution (0 = same)

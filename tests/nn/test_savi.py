@@ -258,3 +258,28 @@ def test_every_video_preset_builds_and_takes_a_training_step(name):
     assert out["masks"].shape == (1, 2, K, 1, res, res)
     out["recon"].square().mean().backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("encoder", "decoder")))
+
+
+def test_align_frames_names_one_image_point_in_every_grid():
+    """With model.align_frames a slot's position means the same image point to the attention grid, the decoder grid
+    and the conditioning: an object centred on attention cell i starts there, and cell i's centre lands on the
+    decoder grid's point over the same pixels; without it the grids share the numbers instead."""
+    from slotlab.nn.savi import grid_to_image, image_to_grid
+
+    model = _model(align_frames=True)
+    (h, w), dh = model.encoder.feature_resolution, model.decoder.resolution[0]
+    i = torch.arange(h, dtype=torch.float32)
+    x = torch.rand(5, 2)
+    assert torch.allclose(grid_to_image(image_to_grid(x, (h, w)), (h, w)), x, atol=1e-6)
+    centres = torch.stack([(i + 0.5) / h, (i + 0.5) / w], -1)  # (h, 2): the image points of cells (i, i)
+    conditioning = torch.cat([centres, torch.ones(h, 1)], -1)[None, : model.cfg.num_slots]  # (1, K, 3)
+    start = model.initial_positions(1, conditioning)[0]  # (K, 2) in the attention grid's [-1, 1]
+    k = torch.arange(len(start), dtype=torch.float32)
+    assert torch.allclose(start, (k / (h - 1) * 2 - 1)[:, None].expand(-1, 2), atol=1e-6)
+    drawn = model.decoder_centres(start)  # (K, 2) on the decoder's [0, 1]
+    expected = ((k + 0.5) / h * dh - 0.5) / (dh - 1)  # decoder cell coordinate of the same image point
+    assert torch.allclose(drawn, expected[:, None].expand(-1, 2), atol=1e-6)
+    plain = _model()
+    assert torch.allclose(plain.decoder_centres(start), (start + 1) / 2)
+    with pytest.raises(ValueError, match="align_frames"):
+        _model(align_frames=True, attention="slot", attn_locality=0.0, slot_motion="none")

@@ -118,7 +118,17 @@ class SAVi(nn.Module):
         rows = self.slot_conditioning(batch_size, conditioning)  # (B, K, width)
         signal, present = rows[..., :-1], rows[..., -1:] > 0
         centre = signal if self.cfg.conditioning == "centers" else (signal[..., :2] + signal[..., 2:]) / 2
+        if self.cfg.align_frames:  # image coordinates -> the attention grid's
+            centre = image_to_grid(centre, self.encoder.feature_resolution)
         return torch.where(present, centre * 2 - 1, torch.zeros_like(centre))  # (B, K, 2)
+
+    def decoder_centres(self, positions: Tensor) -> Tensor:
+        """Slot positions (..., 2) in the attention grid's [-1, 1] -> the decoder grid's [0, 1], where its position
+        embedding is re-centred: the same numbers, or (``model.align_frames``) the same image points."""
+        centre = (positions + 1) / 2
+        if not self.cfg.align_frames:
+            return centre
+        return image_to_grid(grid_to_image(centre, self.encoder.feature_resolution), self.decoder.resolution)
 
     def slot_roles(self, batch_size: int, conditioning: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
         """Which slots take part and which attend under the locality prior, (B, K) bool each, or None for all.
@@ -150,8 +160,11 @@ class SAVi(nn.Module):
         -> (M, K, 4, H, W). The cost is that of drawing w x w per slot, whatever the frame size."""
         H = W = self.cfg.resolution
         w = self.cfg.decoder_window
-        centre = (positions + 1) / 2 * torch.tensor([H - 1, W - 1], dtype=positions.dtype,
-                                                    device=positions.device)  # (M, K, 2) in pixels
+        if self.cfg.align_frames:  # the image point, in pixel indices (pixel i's centre is at i)
+            centre = grid_to_image((positions + 1) / 2, self.encoder.feature_resolution) * H - 0.5
+        else:
+            centre = (positions + 1) / 2 * torch.tensor([H - 1, W - 1], dtype=positions.dtype,
+                                                        device=positions.device)  # (M, K, 2) in pixels
         corner = centre.detach().round().long() - w // 2  # (M, K, 2): the window's top-left pixel
         inside = (centre - corner) / (w - 1)  # (M, K, 2): the slot's position in the window's [0, 1] grid
         out = fp32(self.decoder(slots - self.decoder.stem.pos.offset(inside)))  # (M, K, 4, w, w)
@@ -211,7 +224,8 @@ class SAVi(nn.Module):
         if self.cfg.decoder_window:
             out = self.draw_in_windows(to_decode, positions_t.flatten(0, 1))  # (B*F, K, 4, H, W)
         elif self.invariant:  # the decoder's linear position embedding, re-centred on each slot's position
-            out = fp32(self.decoder(to_decode - self.decoder.stem.pos.offset((positions_t.flatten(0, 1) + 1) / 2)))
+            centres = self.decoder_centres(positions_t.flatten(0, 1))  # (B*F, K, 2) on the decoder's grid
+            out = fp32(self.decoder(to_decode - self.decoder.stem.pos.offset(centres)))
         else:
             out = fp32(self.decoder(to_decode))  # (B*F, K, 4, h, w)
         if out.shape[-1] != self.cfg.resolution:
@@ -228,6 +242,19 @@ class SAVi(nn.Module):
         if self.invariant:
             result["positions"] = positions_t
         return result
+
+
+def grid_to_image(u: Tensor, size: tuple[int, int]) -> Tensor:
+    """Grid coordinates (..., 2) in [0, 1] (0 and 1 the first and last cells' centres, as ``build_grid``) of an
+    (h, w) grid -> image coordinates in [0, 1] (cell i covers [i / h, (i + 1) / h))."""
+    n = u.new_tensor(size)
+    return (u * (n - 1) + 0.5) / n
+
+
+def image_to_grid(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """The inverse of :func:`grid_to_image`."""
+    n = x.new_tensor(size)
+    return (x * n - 0.5) / (n - 1)
 
 
 def validate_savi_config(cfg: ModelConfig) -> None:
@@ -257,6 +284,8 @@ def validate_savi_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.decoder_window={cfg.decoder_window} needs model.attention='invariant' (slots with "
                          f"positions), model.decoder_resolution=0 and 2 <= window <= model.resolution="
                          f"{cfg.resolution}")
+    if cfg.align_frames and cfg.attention != "invariant":
+        raise ValueError("model.align_frames=True needs model.attention='invariant' (slots with positions)")
     if cfg.slot_motion not in ("none", "velocity"):
         raise ValueError(f"model.slot_motion must be 'none' or 'velocity', got {cfg.slot_motion!r}")
     if cfg.slot_motion != "none" and cfg.attention != "invariant":
