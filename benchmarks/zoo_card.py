@@ -81,7 +81,8 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
     best = max(val_rows, key=lambda r: r[task.select_metric])
     save_curves(run, entry / "curves.png")
     tests = {spec: eval_run(entry, spec, "best") for spec in specs}
-    robust = robustness(entry, specs[0], "best", None) if cfg.model.task != "video" else []  # SAVi: trained K, T
+    video = cfg.model.task == "video"
+    robust = [] if video else robustness(entry, specs[0], "best", None)  # SAVi runs with its trained K and T
     training = {"steps": last["step"], "hours": round(last["train_seconds"] / 3600, 2), "machine": machine}
     (entry / "metrics.json").write_text(json.dumps({"training": training, "test": tests, "robustness": robust,
                                                     "best_val": best, "test_iters_val": test_iters or []},
@@ -92,7 +93,6 @@ def write_card(run: Path, entry: Path, name: str, machine: str, command: str, sp
     def cells(r: dict) -> str:
         return " | ".join(pct(r[k]) for k in labels)
 
-    video = m.task == "video"
     items, samples = ("videos", f"clips of {d.clip_length} frames") if video else ("scenes", "images")
     lines = [
         f"# `{name}`",

@@ -199,6 +199,27 @@ def test_window_drawing_places_each_slot_and_extends_its_edges():
                decoder_resolution=0)
     with pytest.raises(ValueError, match="decoder_resolution=0"):
         _model(conditioning="centers", attention="invariant", decoder_window=12)
+    with pytest.raises(ValueError, match="decoder_subpixels=1"):  # the window's grid would not be its pixels
+        _model(conditioning="centers", attention="invariant", decoder_window=12, decoder_resolution=0,
+               decoder_subpixels=2)
+
+
+def test_aligned_window_is_centred_on_the_image_point():
+    """With model.align_frames a window is centred on the image point of the slot's attention-grid position: the
+    drawing equals the unaligned one at the grid position that names the same pixel."""
+    from slotlab.nn.savi import grid_to_image
+
+    aligned = _model(conditioning="centers", decoder_window=12, decoder_resolution=0, align_frames=True).eval()
+    plain = _model(conditioning="centers", decoder_window=12, decoder_resolution=0).eval()
+    plain.load_state_dict(aligned.state_dict())
+    torch.manual_seed(0)
+    slots, positions = torch.randn(2, 3, 16), torch.rand(2, 3, 2) * 2 - 1
+    pixels = grid_to_image((positions + 1) / 2, aligned.encoder.feature_resolution) * 32 - 0.5  # pixel indices
+    with torch.no_grad():
+        got = aligned.draw_in_windows(slots, positions)
+        expected = plain.draw_in_windows(slots, pixels / 31 * 2 - 1)
+        assert not torch.allclose(plain.draw_in_windows(slots, positions), expected, atol=1e-4)
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_window_model_trains(clips):

@@ -279,11 +279,11 @@ def validate_savi_config(cfg: ModelConfig) -> None:
         raise ValueError("model.absent_slots='drop' needs model.attention='invariant'")
     if not cfg.background_locality and not cfg.attn_locality:
         raise ValueError("model.background_locality=False needs the locality prior (model.attn_locality > 0)")
-    if cfg.decoder_window and (cfg.attention != "invariant" or cfg.decoder_resolution
+    if cfg.decoder_window and (cfg.attention != "invariant" or cfg.decoder_resolution or cfg.decoder_subpixels != 1
                                or not 2 <= cfg.decoder_window <= cfg.resolution):
         raise ValueError(f"model.decoder_window={cfg.decoder_window} needs model.attention='invariant' (slots with "
-                         f"positions), model.decoder_resolution=0 and 2 <= window <= model.resolution="
-                         f"{cfg.resolution}")
+                         f"positions), model.decoder_resolution=0, model.decoder_subpixels=1 and 2 <= window <= "
+                         f"model.resolution={cfg.resolution}")
     if cfg.align_frames and cfg.attention != "invariant":
         raise ValueError("model.align_frames=True needs model.attention='invariant' (slots with positions)")
     if cfg.slot_motion not in ("none", "velocity"):
