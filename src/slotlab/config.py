@@ -51,6 +51,8 @@ class ModelConfig:
     attn_temperature_steps: int = 0  # ... falling linearly to 1 over these steps (0 = always 1)
     decoder_norm: str = "none"  # mlp decoder: "layer" puts a LayerNorm before each hidden ReLU
     grid_hidden_dim: int = 64  # invariant: hidden size of the relative-position key encoder
+    relative_values: bool = False  # invariant: the values pass through the relative-position encoder too (ISA's
+    #                                "V3"), so a slot's update carries its inputs' layout around it (shape, size)
     attn_locality: float = 0.0  # invariant: a learned Gaussian prior on each slot's attention around its position,
     #                             its smallest (and initial) width in [-1, 1] image units (0 = none; slotlab option)
     decoder_frame: str = "image"  # mlp decoder: "image" coordinates, or each slot's "slot" frame (translation)

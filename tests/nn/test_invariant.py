@@ -47,6 +47,24 @@ def test_attention_outputs_agree_with_plain_slot_attention():
     assert sa(x, slots=s0, positions=p0, num_iters=0)["attns"].shape == (2, 0, 4, 30)
 
 
+def test_relative_values_equal_the_literal_per_slot_values():
+    """``relative_values``: a slot's update is the attention-weighted mean of W2 relu(W1 (v_n + G (g_n - p_k)) + c)
+    + b2, its values measured from where the slot was; the default update is the mean of the plain values."""
+    x, slots, positions = torch.randn(2, 30, 12), torch.randn(2, 4, 16), torch.rand(2, 4, 2) * 2 - 1
+    for relative in (False, True):
+        sa = make()
+        sa.relative_values = relative
+        out = sa(x, slots=slots, positions=positions, num_iters=1)
+        w = out["attns"][:, 0] + sa.eps
+        w = w / w.sum(-1, keepdim=True)  # (B, K, N)
+        v = sa.to_v(sa.norm_inputs(x))  # (B, N, D)
+        rel = sa.grid[None, None] - positions[:, :, None]  # (B, K, N, 2)
+        values = sa.grid_out(torch.relu(sa.grid_hidden(v[:, None] + sa.grid_proj(rel)))) if relative \
+            else v[:, None].expand(-1, 4, -1, -1)  # (B, K, N, D)
+        expected = sa.refine(torch.einsum("bkn,bknd->bkd", w, values), slots)
+        assert (out["slots"] - expected).abs().max() < 1e-5
+
+
 def test_keys_depend_only_on_relative_position():
     """Moving a slot and the features under it together leaves its logits unchanged (translation equivariance)."""
     sa = make()

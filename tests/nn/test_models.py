@@ -68,7 +68,10 @@ def test_background_layer_is_one_more_flat_component():
         validate_model_config(ModelConfig(background_locality=False))
     with pytest.raises(ValueError, match="attn_locality=0.3 needs model.attention='invariant'"):
         validate_model_config(ModelConfig(attn_locality=0.3))
-    validate_model_config(ModelConfig(attention="invariant", decoder="mlp", attn_locality=0.3))  # fine
+    with pytest.raises(ValueError, match="relative_values=True needs model.attention='invariant'"):
+        validate_model_config(ModelConfig(relative_values=True))
+    validate_model_config(ModelConfig(attention="invariant", decoder="mlp", attn_locality=0.3,
+                                      relative_values=True))  # fine
 
 
 @pytest.mark.parametrize("res,kernel", [((35, 35), 5), ((8, 13), 5), ((5, 5), 5), ((3, 4), 5), ((35, 35), 3),

@@ -11,7 +11,12 @@ slotlab's variant (documented deviations from the ISA release):
   lets the logits be computed without materialising per-slot keys: with h_kn = relu(u_n - A p_k) where
   u_n = W1 k_n + A g_n + c and A = W1 G, the logit is (W2^T q_k) . h_kn + q_k . b2 — O(B K N H) additions instead
   of O(B K N H D) multiply-adds;
-- values are the plain projected inputs (ISA's "V2"); positions enter the slots only through the attention;
+- values are the plain projected inputs by default (ISA's "V2"): positions enter the slots only through the
+  attention, so a slot's update is the mean of what its inputs look like, not of where they lie around it.
+  ``relative_values=True`` passes the values through the same relative-position encoder as the keys (ISA's "V3",
+  ``add_rel_pos_to_values`` in its release), W2 relu(W1 (v_n + G (g_n - p_k)) + c) + b2, so the update also
+  carries the layout of the slot's inputs around it (its object's shape and size). Its weighted mean needs no
+  per-slot values either: sum_n w_kn (W2 h_kn + b2) = W2 (sum_n w_kn h_kn) + b2, as the weights sum to 1;
 - ``locality`` > 0 adds a Gaussian prior around each slot's position to its attention logits,
   -|g_n - p_k|^2 / (2 w_k^2), with a width w_k = max(``locality``, exp(a . LN(slot_k) + b)) that each slot learns
   (a = 0 and w = ``locality`` at initialisation). Without it the attention of an untrained model is not local, so
@@ -44,7 +49,8 @@ class InvariantSlotAttention(SlotCore):
 
     def __init__(self, num_slots: int, input_dim: int, resolution: tuple[int, int], slot_dim: int = 64,
                  num_iters: int = 3, mlp_hidden_dim: int = 128, grid_hidden_dim: int = 64, eps: float = 1e-8,
-                 ln_eps: float = 1e-3, slot_init: str = "random", locality: float = 0.0) -> None:
+                 ln_eps: float = 1e-3, slot_init: str = "random", locality: float = 0.0,
+                 relative_values: bool = False) -> None:
         key_layers = {
             "grid_proj": nn.Linear(2, slot_dim),  # G: relative position -> key space
             "grid_hidden": nn.Linear(slot_dim, grid_hidden_dim),  # W1, c
@@ -57,6 +63,7 @@ class InvariantSlotAttention(SlotCore):
         if not locality >= 0:
             raise ValueError(f"InvariantSlotAttention: locality must be >= 0 (0 = no prior), got {locality!r}")
         self.locality, self.log_width = locality, None
+        self.relative_values = relative_values
         if locality > 0:  # the Gaussian prior's log-width per slot, a linear function of the normalised slot
             self.log_width = nn.Linear(slot_dim, 1)
             nn.init.zeros_(self.log_width.weight)
@@ -93,10 +100,13 @@ class InvariantSlotAttention(SlotCore):
         A = self.grid_hidden.weight @ self.grid_proj.weight  # (H, 2): W1 G
         c = self.grid_hidden.weight @ self.grid_proj.bias + self.grid_hidden.bias  # (H,)
         u = self.grid_hidden(k) - self.grid_hidden.bias + self.grid @ A.T + c  # (B, N, H): W1 k_n + A g_n + c
+        if self.relative_values:  # the same encoder for the values: W1 v_n + A g_n + c, in fp32 as v
+            u_v = fp32(self.grid_hidden(v) - self.grid_hidden.bias + self.grid @ A.T + c)  # (B, N, H)
 
         attns = []
         for round_ in range(num_iters + 1):
-            h = torch.relu(u[:, None] - (positions @ A.T)[:, :, None])  # (B, K, N, H)
+            shift = (positions @ A.T)[:, :, None]  # (B, K, 1, H): A p_k, the slots' positions in the encoder
+            h = torch.relu(u[:, None] - shift)  # (B, K, N, H)
             normed = self.norm_slots(slots)  # (B, K, D)
             q = self.to_q(normed) * self.scale  # (B, K, D)
             q_h = q @ self.grid_out.weight  # (B, K, H): W2^T q
@@ -111,7 +121,12 @@ class InvariantSlotAttention(SlotCore):
             weights = weights / weights.sum(dim=-1, keepdim=True)  # (B, K, N), weighted mean over inputs
             with full_precision(weights):
                 positions = weights @ self.grid  # (B, K, 2) centre of mass
-                updates = weights @ v if round_ < num_iters else None  # (B, K, D)
+                updates = None
+                if round_ < num_iters and self.relative_values:  # W2 (sum_n w_kn h_kn) + b2, h from the values
+                    h_v = torch.relu(u_v[:, None] - fp32(shift))  # (B, K, N, H)
+                    updates = self.grid_out(torch.einsum("bkn,bknh->bkh", weights, h_v))  # (B, K, D)
+                elif round_ < num_iters:
+                    updates = weights @ v  # (B, K, D)
             if round_ < num_iters:  # the last round only updates the positions
                 attns.append(attn)
                 slots = self.refine(updates, slots)

@@ -67,6 +67,7 @@ class SlotAttentionAutoEncoder(nn.Module):
             self.slot_attention = InvariantSlotAttention(
                 cfg.num_slots, cfg.encoder_channels, self.encoder.feature_resolution, cfg.slot_dim, cfg.num_iters,
                 cfg.mlp_hidden_dim, cfg.grid_hidden_dim, slot_init=cfg.slot_init, locality=cfg.attn_locality,
+                relative_values=cfg.relative_values,
             )
         else:
             self.slot_attention = SlotAttention(
@@ -183,12 +184,16 @@ def validate_slot_options(cfg: ModelConfig) -> None:
 
 
 def validate_locality(cfg: ModelConfig) -> None:
-    """``model.attn_locality`` is a width >= 0, and only invariant attention has slot positions to centre it on."""
+    """``model.attn_locality`` is a width >= 0; it and ``model.relative_values`` need invariant attention (slot
+    positions)."""
     if not cfg.attn_locality >= 0:
         raise ValueError(f"model.attn_locality must be >= 0 (0 = no prior), got {cfg.attn_locality!r}")
     if cfg.attn_locality and cfg.attention != "invariant":
         raise ValueError(f"model.attn_locality={cfg.attn_locality} needs model.attention='invariant' (slots with "
                          f"positions), got attention={cfg.attention!r}")
+    if cfg.relative_values and cfg.attention != "invariant":
+        raise ValueError(f"model.relative_values=True needs model.attention='invariant' (positions relative to each "
+                         f"slot), got attention={cfg.attention!r}")
 
 
 def validate_model_config(cfg: ModelConfig) -> None:

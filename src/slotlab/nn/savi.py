@@ -87,7 +87,8 @@ class SAVi(nn.Module):
             self.corrector = InvariantSlotAttention(cfg.num_slots, cfg.encoder_channels,
                                                     self.encoder.feature_resolution, cfg.slot_dim, cfg.num_iters,
                                                     cfg.mlp_hidden_dim, cfg.grid_hidden_dim, slot_init=slot_init,
-                                                    locality=cfg.attn_locality)
+                                                    locality=cfg.attn_locality,
+                                                    relative_values=cfg.relative_values)
         else:
             self.corrector = SlotAttention(cfg.num_slots, cfg.encoder_channels, cfg.slot_dim, cfg.num_iters,
                                            cfg.mlp_hidden_dim, slot_init=slot_init)
