@@ -263,6 +263,39 @@ def test_bad_inputs_get_clear_errors(clips):
         _model(absent_slots="hide")
     with pytest.raises(ValueError, match="absent_slots='drop' needs model.attention='invariant'"):
         _model(conditioning="centers", attention="slot", attn_locality=0.0, absent_slots="drop")
+    with pytest.raises(ValueError, match="mask_locality=0.3 must be >= 0, and > 0 needs"):
+        _model(conditioning="learned", mask_locality=0.3)
+    with pytest.raises(ValueError, match="mask_locality=-1.0 must be >= 0"):
+        _model(mask_locality=-1.0)
+    with pytest.raises(ValueError, match="relative_values=True needs model.attention='invariant'"):
+        _model(attention="slot", slot_motion="none", attn_locality=0.0, absent_slots="keep", relative_values=True)
+
+
+def test_mask_locality_gives_far_pixels_to_the_background_slot(clips):
+    """model.mask_locality=s: every object slot's mask logits lose |g - p_k|^2 / (2 s^2) around its position, the
+    background's slot (0) nothing; a narrow prior leaves far pixels to the background's slot, and the model trains
+    (with values relative to the slots too)."""
+    model = _model(mask_locality=0.3, relative_values=True)
+    positions = torch.tensor([[[0.0, 0.0], [0.5, -1.0], [-1.0, 1.0], [0.2, 0.2], [0.0, 0.0], [1.0, 1.0]]])
+    penalty = model.mask_penalty(positions)  # (1, K, 1, H, W)
+    H = model.cfg.resolution
+    assert penalty.shape == (1, 6, 1, H, W := H) and torch.equal(penalty[:, 0], torch.zeros(1, 1, H, W))
+    g = torch.linspace(-1, 1, H)
+    k, i, j = 1, 5, 20
+    literal = ((g[i] - positions[0, k, 0]) ** 2 + (g[j] - positions[0, k, 1]) ** 2) / (2 * 0.3**2)
+    assert torch.allclose(penalty[0, k, 0, i, j], literal)
+    assert penalty[0, 2, 0, 0, -1] == 0 and penalty[0, 2, 0, -1, 0] > 40  # zero at its position, large far off
+    batch = clips.batch(torch.tensor([0, 1]))
+    narrow = _model(mask_locality=0.02).eval()
+    out = narrow(batch["video"], batch["centers"])
+    masks = out["masks"][:, :, :, 0]  # (B, F, K, H, W)
+    far = narrow.mask_penalty(out["positions"].flatten(0, 1))[:, 1:].amin(1)  # (B*F, 1, H, W)
+    far = far.unflatten(0, masks.shape[:2])[:, :, 0] > 50  # (B, F, H, W): pixels away from every object slot
+    assert far.sum() > 100 and (masks.argmax(2)[far] == 0).all()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for i in range(2):
+        assert torch.isfinite(train_step(model, optimizer, TASKS["video"], clips.batch(torch.tensor([i, i + 1])),
+                                         "fp32"))
 
 
 @pytest.mark.parametrize("name", ["savi_movi_a", "savi_sprites_cpu"])  # savi_movi_c: the same model (checked)

@@ -216,7 +216,8 @@ def validate_model_config(cfg: ModelConfig) -> None:
     if cfg.attention == "invariant" and cfg.decoder not in ("mlp", "broadcast"):
         raise ValueError("model.attention='invariant' needs decoder 'mlp' or 'broadcast' (slot frames)")
     validate_locality(cfg)
-    video_only = {"slot_motion": "none", "absent_slots": "keep", "background_locality": True, "decoder_window": 0}
+    video_only = {"slot_motion": "none", "absent_slots": "keep", "background_locality": True, "decoder_window": 0,
+                  "mask_locality": 0.0}
     for key, default in video_only.items():
         if getattr(cfg, key) != default:
             raise ValueError(f"model.{key}={getattr(cfg, key)!r} is a video model option; this model is "

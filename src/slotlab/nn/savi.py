@@ -175,6 +175,19 @@ class SAVi(nn.Module):
         frame = out.flatten(-2).gather(-1, index[:, :, None].expand(-1, -1, 4, -1))  # (M, K, 4, H*W)
         return frame.unflatten(-1, (H, W))
 
+    def mask_penalty(self, positions: Tensor) -> Tensor:
+        """``model.mask_locality=s``: |g - p_k|^2 / (2 s^2) for the pixels g of the frame and the slot positions
+        (M, K, 2) in [-1, 1] (y, x), 0 for the background's slot (k = 0), (M, K, 1, H, W): subtracted from the mask
+        logits. Pixel i of H sits at -1 + 2 i / (H - 1), as the attention grid's cells."""
+        H = W = self.cfg.resolution
+        ys = torch.linspace(-1, 1, H, device=positions.device, dtype=positions.dtype)
+        xs = torch.linspace(-1, 1, W, device=positions.device, dtype=positions.dtype)
+        dist2 = ((ys[:, None] - positions[..., 0, None, None]).square()
+                 + (xs[None, :] - positions[..., 1, None, None]).square())  # (M, K, H, W)
+        objects = torch.ones_like(positions[..., 0])  # (M, K)
+        objects[:, 0] = 0
+        return (dist2 * objects[..., None, None] / (2 * self.cfg.mask_locality**2))[:, :, None]
+
     def slot_conditioning(self, batch_size: int, conditioning: Tensor | None) -> Tensor:
         """The conditioning checked and fitted to K rows (B, K, width): row k conditions slot k."""
         K = self.cfg.num_slots
@@ -233,6 +246,8 @@ class SAVi(nn.Module):
             size = (self.cfg.resolution, self.cfg.resolution)
             out = F_nn.interpolate(out.flatten(0, 1), size, mode="bilinear")  # (B*F*K, 4, H, W)
             out = out.unflatten(0, (B * F, -1))  # (B*F, K, 4, H, W)
+        if self.cfg.mask_locality:  # object slots' masks fall off around their positions; the background's none
+            out = torch.cat([out[:, :, :3], out[:, :, 3:] - self.mask_penalty(positions_t.flatten(0, 1))], dim=2)
         if active is not None:  # dropped slots draw no mask: their logits sink far below any other
             sink = (~active).to(out.dtype).repeat_interleave(F, dim=0)[:, :, None, None, None] * DROPPED_LOGIT
             out = torch.cat([out[:, :, :3], out[:, :, 3:] + sink], dim=2)  # (B*F, K, 4, H, W)
@@ -285,6 +300,11 @@ def validate_savi_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.decoder_window={cfg.decoder_window} needs model.attention='invariant' (slots with "
                          f"positions), model.decoder_resolution=0, model.decoder_subpixels=1 and 2 <= window <= "
                          f"model.resolution={cfg.resolution}")
+    if not cfg.mask_locality >= 0 or (cfg.mask_locality and (cfg.attention != "invariant"
+                                                              or cfg.conditioning == "learned")):
+        raise ValueError(f"model.mask_locality={cfg.mask_locality!r} must be >= 0, and > 0 needs "
+                         "model.attention='invariant' (slot positions) and a conditional model (conditioning row 0, "
+                         "slot 0, is the background's)")
     if cfg.align_frames and cfg.attention != "invariant":
         raise ValueError("model.align_frames=True needs model.attention='invariant' (slots with positions)")
     if cfg.slot_motion not in ("none", "velocity"):
