@@ -271,6 +271,27 @@ def test_bad_inputs_get_clear_errors(clips):
         _model(attention="slot", slot_motion="none", attn_locality=0.0, absent_slots="keep", relative_values=True)
 
 
+def test_decoder_plus_attention_masks(clips):
+    """model.mask_source="decoder+attention": masks = softmax over slots of the decoder's mask logits plus the log of
+    the corrector's attention on the same frame, upsampled from the feature grid; it trains."""
+    model = _model(mask_source="decoder+attention").eval()
+    batch = clips.batch(torch.tensor([0, 1]))
+    out = model(batch["video"], batch["centers"])
+    model.cfg.mask_source = "decoder"  # the same weights, the decoder's masks alone
+    plain = model(batch["video"], batch["centers"])
+    h, w = model.encoder.feature_resolution
+    log_attn = out["attn"].clamp(min=1e-6).log().unflatten(-1, (h, w)).flatten(0, 1)  # (B*F, K, h, w)
+    prior = torch.nn.functional.interpolate(log_attn, size=(32, 32), mode="bilinear").unflatten(0, (2, 3))
+    expected = (plain["masks"][:, :, :, 0].log() + prior).softmax(dim=2)  # (B, F, K, H, W)
+    assert (out["masks"][:, :, :, 0] - expected).abs().max() < 1e-5
+    assert not torch.allclose(out["masks"], plain["masks"], atol=1e-3)
+    model = _model(mask_source="decoder+attention")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    assert torch.isfinite(train_step(model, optimizer, TASKS["video"], batch, "fp32"))
+    with pytest.raises(ValueError, match="mask_source='decoder' or 'decoder\\+attention'"):
+        _model(mask_source="attention")
+
+
 def test_mask_locality_gives_far_pixels_to_the_background_slot(clips):
     """model.mask_locality=s: every object slot's mask logits lose |g - p_k|^2 / (2 s^2) around its position, the
     background's slot (0) nothing; a narrow prior leaves far pixels to the background's slot, and the model trains

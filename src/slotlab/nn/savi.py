@@ -175,6 +175,16 @@ class SAVi(nn.Module):
         frame = out.flatten(-2).gather(-1, index[:, :, None].expand(-1, -1, 4, -1))  # (M, K, 4, H*W)
         return frame.unflatten(-1, (H, W))
 
+    def attention_prior(self, attn: Tensor) -> Tensor:
+        """``model.mask_source="decoder+attention"``: log attention (B, F, K, N), clamped at 1e-6, on the feature grid
+        upsampled (bilinear) to the frame -> (B*F, K, 1, H, W), added to the decoder's mask logits: masks =
+        softmax(decoder logits + log attention), as the image models' option. The attention is the corrector's
+        on the same frame; it follows the objects' colours at the feature grid's resolution, the decoder refines."""
+        h, w = self.encoder.feature_resolution
+        log_attn = attn.flatten(0, 1).clamp(min=1e-6).log().unflatten(-1, (h, w))  # (B*F, K, h, w)
+        size = (self.cfg.resolution, self.cfg.resolution)
+        return F_nn.interpolate(log_attn.float(), size, mode="bilinear")[:, :, None]  # (B*F, K, 1, H, W)
+
     def mask_penalty(self, positions: Tensor) -> Tensor:
         """``model.mask_locality=s``: |g - p_k|^2 / (2 s^2) for the pixels g of the frame and the slot positions
         (M, K, 2) in [-1, 1] (y, x), 0 for the background's slot (k = 0), (M, K, 1, H, W): subtracted from the mask
@@ -246,6 +256,8 @@ class SAVi(nn.Module):
             size = (self.cfg.resolution, self.cfg.resolution)
             out = F_nn.interpolate(out.flatten(0, 1), size, mode="bilinear")  # (B*F*K, 4, H, W)
             out = out.unflatten(0, (B * F, -1))  # (B*F, K, 4, H, W)
+        if self.cfg.mask_source == "decoder+attention":  # the corrector's attention as a prior on the masks
+            out = torch.cat([out[:, :, :3], out[:, :, 3:] + self.attention_prior(torch.stack(attns, dim=1))], dim=2)
         if self.cfg.mask_locality:  # object slots' masks fall off around their positions; the background's none
             out = torch.cat([out[:, :, :3], out[:, :, 3:] - self.mask_penalty(positions_t.flatten(0, 1))], dim=2)
         if active is not None:  # dropped slots draw no mask: their logits sink far below any other
@@ -314,10 +326,10 @@ def validate_savi_config(cfg: ModelConfig) -> None:
     if cfg.attention == "invariant" and cfg.decoder != "broadcast":
         raise ValueError("savi with model.attention='invariant' needs model.decoder='broadcast' (it draws each slot "
                          f"in its own frame), got {cfg.decoder!r}")
-    if (cfg.attention not in ("slot", "invariant") or cfg.background != "none" or cfg.mask_source != "decoder"
-            or cfg.mask_prior_steps):
+    if (cfg.attention not in ("slot", "invariant") or cfg.background != "none"
+            or cfg.mask_source not in ("decoder", "decoder+attention") or cfg.mask_prior_steps):
         raise ValueError("savi supports model.attention='slot' or 'invariant', background='none', "
-                         "mask_source='decoder' and mask_prior_steps=0 only")
+                         "mask_source='decoder' or 'decoder+attention' and mask_prior_steps=0 only")
     unsupported = {"test_iters": 0, "attn_temperature": 1.0, "attn_temperature_steps": 0, "decoder_norm": "none"}
     changed = [f"model.{k}={getattr(cfg, k)!r}" for k, default in unsupported.items() if getattr(cfg, k) != default]
     if changed or cfg.slot_init == "farthest":
