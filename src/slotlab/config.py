@@ -77,7 +77,8 @@ class ModelConfig:
     #                             grid, the decoder's and the conditioning (cells at their pixels' centres; slotlab)
     mask_locality: float = 0.0  # video, conditional, invariant: object slots' mask logits get -|g - p_k|^2 / (2 s^2)
     #                             around their positions (the background's slot none), so background pixels, which
-    #                             any slot can paint, go to the background's slot (0 = none; slotlab)
+    #                             any slot can paint, go to the background's slot (0 = none; slotlab); learned
+    #                             init: no effect
     predictor_heads: int = 4  # video: attention heads of the predictor's transformer block
     predictor_mlp_dim: int = 256  # video: MLP size of the predictor and of the conditioning encoder
     decoder_resolution: int = 0  # video: the decoder draws at this size, upsampled (bilinear) to resolution (0 = same)

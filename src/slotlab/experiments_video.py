@@ -42,20 +42,22 @@ def savi_movi_c() -> ExperimentConfig:
 
 def savi_sprites_cpu() -> ExperimentConfig:
     """SAVi on built-in moving_sprites for 2 CPU cores: a strided encoder (64x64 -> 16x16 features), slot size 64,
-    a broadcast decoder with 32-channel 3x3 convs drawing at 32x32 (its RGB and mask logits upsampled to 64x64
-    before the softmax over slots; its position grid spans [0, 8] per axis, so the masks can sharpen early), K=6,
-    batch 8 clips of 6 frames, conditional on first-frame centres; a 30-minute budget with the learning rate
-    halving every 1,500 steps. The corrector is slotlab's invariant Slot Attention:
-    each slot starts at its object's first-frame centre, attends under a Gaussian prior around its position (width
-    >= 0.25 of the half-image), moves to its attention's centre of mass and on by its last displacement
-    (constant velocity), and is drawn in its own frame. Evaluated on whole 24-frame videos at 64x64."""
+    K=6, batch 8 clips of 6 frames, conditional on first-frame centres; a 30-minute budget with the learning rate
+    halving every 1,500 steps. The corrector is slotlab's invariant Slot Attention: each slot starts at its
+    object's first-frame centre, attends under a Gaussian prior around its position (width >= 0.25 of the
+    half-image), moves to its attention's centre of mass and on by its last displacement (constant velocity), and is
+    drawn in its own frame. The broadcast decoder runs 32-channel 3x3 convs on a 32x32 grid (its position grid
+    spanning [0, 8] per axis, so the masks can sharpen early) and gives each cell's 2x2 pixels (64x64 masks); the
+    masks add the log of the corrector's attention to the decoder's logits, and the object slots' mask logits fall
+    off around their positions (width 0.3), so the background goes to the background's slot."""
     return ExperimentConfig(
         name="savi_sprites_cpu",
         description="SAVi on moving_sprites, 2 CPU cores: 64x64, K=6, centres, 6-frame clips, 30-min budget.",
         model=ModelConfig(task="video", resolution=64, num_slots=6, num_iters=1, slot_dim=64, mlp_hidden_dim=128,
                           encoder_channels=32, encoder_strides=[2, 2], encoder_kernel=5, encoder_mlp_dim=64,
                           decoder="broadcast", decoder_channels=32, decoder_layers=3, decoder_kernel=3,
-                          decoder_resolution=32, decoder_pos_scale=8.0,
+                          decoder_pos_scale=8.0, decoder_subpixels=2, mask_source="decoder+attention",
+                          mask_locality=0.3,
                           conditioning="centers", target="rgb", flow_max_magnitude=5.0, predictor_heads=4,
                           predictor_mlp_dim=128, attention="invariant", attn_locality=0.25, slot_motion="velocity"),
         data=DataConfig(name="moving_sprites", train_size=1_000, val_size=320, test_size=320, num_frames=24,
@@ -73,6 +75,7 @@ def tiny_video() -> ExperimentConfig:
     m = cfg.model
     m.resolution, m.decoder_resolution, m.slot_dim, m.mlp_hidden_dim, m.predictor_mlp_dim = 32, 16, 16, 16, 16
     m.encoder_channels, m.encoder_mlp_dim, m.decoder_channels, m.decoder_layers = 8, 8, 8, 2
+    m.decoder_subpixels, m.mask_source, m.mask_locality = 1, "decoder", 0.0  # the plain decoder: tests vary these
     cfg.data.train_size, cfg.data.val_size, cfg.data.test_size = 8, 4, 4
     cfg.data.num_frames, cfg.data.clip_length, cfg.data.resolution = 4, 3, 32
     cfg.train = TrainConfig(batch_size=2, steps=2, lr=1e-3, warmup_steps=1, decay_steps=100, log_every=1,

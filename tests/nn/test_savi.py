@@ -264,7 +264,7 @@ def test_bad_inputs_get_clear_errors(clips):
     with pytest.raises(ValueError, match="absent_slots='drop' needs model.attention='invariant'"):
         _model(conditioning="centers", attention="slot", attn_locality=0.0, absent_slots="drop")
     with pytest.raises(ValueError, match="mask_locality=0.3 must be >= 0, and > 0 needs"):
-        _model(conditioning="learned", mask_locality=0.3)
+        _model(attention="slot", slot_motion="none", attn_locality=0.0, absent_slots="keep", mask_locality=0.3)
     with pytest.raises(ValueError, match="mask_locality=-1.0 must be >= 0"):
         _model(mask_locality=-1.0)
     with pytest.raises(ValueError, match="relative_values=True needs model.attention='invariant'"):
@@ -317,6 +317,12 @@ def test_mask_locality_gives_far_pixels_to_the_background_slot(clips):
     for i in range(2):
         assert torch.isfinite(train_step(model, optimizer, TASKS["video"], clips.batch(torch.tensor([i, i + 1])),
                                          "fp32"))
+    outs = []
+    for locality in (0.0, 0.02):  # a learned initialisation has no background row: no effect
+        model = _model(conditioning="learned", mask_locality=locality).eval()
+        torch.manual_seed(1)  # the same initial positions
+        outs.append(model(batch["video"])["masks"])
+    assert torch.equal(*outs)
 
 
 @pytest.mark.parametrize("name", ["savi_movi_a", "savi_sprites_cpu"])  # savi_movi_c: the same model (checked)

@@ -258,7 +258,8 @@ class SAVi(nn.Module):
             out = out.unflatten(0, (B * F, -1))  # (B*F, K, 4, H, W)
         if self.cfg.mask_source == "decoder+attention":  # the corrector's attention as a prior on the masks
             out = torch.cat([out[:, :, :3], out[:, :, 3:] + self.attention_prior(torch.stack(attns, dim=1))], dim=2)
-        if self.cfg.mask_locality:  # object slots' masks fall off around their positions; the background's none
+        if self.cfg.mask_locality and self.cfg.conditioning != "learned":  # object slots' masks fall off around
+            # their positions, the background's slot's not (a learned initialisation has no background row)
             out = torch.cat([out[:, :, :3], out[:, :, 3:] - self.mask_penalty(positions_t.flatten(0, 1))], dim=2)
         if active is not None:  # dropped slots draw no mask: their logits sink far below any other
             sink = (~active).to(out.dtype).repeat_interleave(F, dim=0)[:, :, None, None, None] * DROPPED_LOGIT
@@ -312,11 +313,11 @@ def validate_savi_config(cfg: ModelConfig) -> None:
         raise ValueError(f"model.decoder_window={cfg.decoder_window} needs model.attention='invariant' (slots with "
                          f"positions), model.decoder_resolution=0, model.decoder_subpixels=1 and 2 <= window <= "
                          f"model.resolution={cfg.resolution}")
-    if not cfg.mask_locality >= 0 or (cfg.mask_locality and (cfg.attention != "invariant"
-                                                              or cfg.conditioning == "learned")):
+    # like absent_slots and background_locality, mask_locality acts on the background's row: with a learned
+    # initialisation (no conditioning rows) it changes nothing
+    if not cfg.mask_locality >= 0 or (cfg.mask_locality and cfg.attention != "invariant"):
         raise ValueError(f"model.mask_locality={cfg.mask_locality!r} must be >= 0, and > 0 needs "
-                         "model.attention='invariant' (slot positions) and a conditional model (conditioning row 0, "
-                         "slot 0, is the background's)")
+                         "model.attention='invariant' (slot positions)")
     if cfg.align_frames and cfg.attention != "invariant":
         raise ValueError("model.align_frames=True needs model.attention='invariant' (slots with positions)")
     if cfg.slot_motion not in ("none", "velocity"):
