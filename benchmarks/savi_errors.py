@@ -68,8 +68,6 @@ def fill_ratio(mask: torch.Tensor) -> float:
 
 def shape_report(model, val, videos: int, frame: int = 5) -> None:
     """Print the masks' / attention's video FG-ARI, the drawn fill ratio per shape class and a shape probe."""
-    size = (model.cfg.resolution, model.cfg.resolution)
-    h, w = model.encoder.feature_resolution
     scores: dict[str, list[torch.Tensor]] = {"masks": [], "attention": [], "masks + attention": []}
     slots, classes, drawn = [], [], []
     with torch.no_grad():
@@ -77,8 +75,7 @@ def shape_report(model, val, videos: int, frame: int = 5) -> None:
             batch = val.batch(slice(start, min(start + 8, videos, len(val))))
             out = model(**video_inputs(model, batch))
             B, F, K = out["masks"].shape[:3]
-            log_attn = out["attn"].clamp(min=1e-6).log().unflatten(-1, (h, w)).flatten(0, 1)  # (B*F, K, h, w)
-            log_attn = F_nn.interpolate(log_attn, size, mode="bilinear").unflatten(0, (B, F))  # (B, F, K, H, W)
+            log_attn = model.attention_prior(out["attn"])[:, :, 0].unflatten(0, (B, F))  # (B, F, K, H, W)
             masks = out["masks"][:, :, :, 0]
             for name, pred in (("masks", masks), ("attention", log_attn),
                                ("masks + attention", masks.clamp(min=1e-6).log() + log_attn)):

@@ -256,14 +256,16 @@ class SAVi(nn.Module):
             size = (self.cfg.resolution, self.cfg.resolution)
             out = F_nn.interpolate(out.flatten(0, 1), size, mode="bilinear")  # (B*F*K, 4, H, W)
             out = out.unflatten(0, (B * F, -1))  # (B*F, K, 4, H, W)
+        bias = out.new_zeros(())  # what the options add to the mask logits, (B*F, K, 1, H, W) once any does
         if self.cfg.mask_source == "decoder+attention":  # the corrector's attention as a prior on the masks
-            out = torch.cat([out[:, :, :3], out[:, :, 3:] + self.attention_prior(torch.stack(attns, dim=1))], dim=2)
+            bias = bias + self.attention_prior(torch.stack(attns, dim=1))
         if self.cfg.mask_locality and self.cfg.conditioning != "learned":  # object slots' masks fall off around
             # their positions, the background's slot's not (a learned initialisation has no background row)
-            out = torch.cat([out[:, :, :3], out[:, :, 3:] - self.mask_penalty(positions_t.flatten(0, 1))], dim=2)
+            bias = bias - self.mask_penalty(positions_t.flatten(0, 1))
         if active is not None:  # dropped slots draw no mask: their logits sink far below any other
-            sink = (~active).to(out.dtype).repeat_interleave(F, dim=0)[:, :, None, None, None] * DROPPED_LOGIT
-            out = torch.cat([out[:, :, :3], out[:, :, 3:] + sink], dim=2)  # (B*F, K, 4, H, W)
+            bias = bias + (~active).to(out.dtype).repeat_interleave(F, dim=0)[:, :, None, None, None] * DROPPED_LOGIT
+        if bias.dim():
+            out = torch.cat([out[:, :, :3], out[:, :, 3:] + bias], dim=2)  # (B*F, K, 4, H, W)
         recon, masks = recompose(out)  # (B*F, 3, H, W), (B*F, K, 1, H, W)
         result = {"recon": recon.unflatten(0, (B, F)), "recons": out[:, :, :3].unflatten(0, (B, F)),
                   "masks": masks.unflatten(0, (B, F)), "slots": slots_t, "predicted": torch.stack(preds, dim=1),
